@@ -1,0 +1,34 @@
+"""The solver: one option per unit under a byte budget, minimising the predicted MSE. numpy only, no torch."""
+
+
+from anna.solve.dp import (
+    DEFAULT_BINS,
+    DEFAULT_MAX_ITERS,
+    InfeasibleBudget,
+    Solution,
+    min_bytes,
+    objective,
+    plan_bytes,
+    solve,
+    solve_front,
+    solve_separable,
+    solve_separable_front,
+)
+
+__all__ = [
+    "DEFAULT_BINS",
+    "DEFAULT_MAX_ITERS",
+    "InfeasibleBudget",
+    "Solution",
+    "fisher",
+    "greedy_diagonal",
+    "min_bytes",
+    "objective",
+    "plan_bytes",
+    "random_plan",
+    "solve",
+    "solve_front",
+    "solve_separable",
+    "solve_separable_front",
+    "uniform",
+]

@@ -1,0 +1,461 @@
+"""Bounded-memory streaming activation statistics: exact min/max/absmax and histogram percentiles.
+
+Design: a log-magnitude histogram on the float32 bit pattern with a sliding exponent window.
+
+- **Binning.** A finite value ``x`` (converted to float32, exact for fp16/bf16) is binned by its sign and by the top
+  ``15 - (7 - m)`` bits of ``|x|``'s float32 pattern: the 8 exponent bits plus the top ``m`` mantissa bits (default
+  ``m = 7``, exactly bfloat16 truncation). The bin index is two integer ops on the bits (and, shift), no ``log`` and
+  no search, and the binning runs on the tensor's own device (``bincount`` on CPU, ``histc`` on CUDA, which unlike
+  ``bincount`` needs no device sync to size its output).
+- **Precision.** A bin in binade ``[2^e, 2^(e+1))`` has width ``2^(e-m)``: its width is at most ``2^-m`` (0.78 %)
+  of any value in it, at any magnitude. This is what a fixed-range linear histogram cannot give: with the bulk at
+  N(0, 1) and outliers up to 2000, a linear histogram with as many bins as this one (7,682) over
+  ``[-absmax, absmax]`` has bins 0.52 standard deviations of the bulk wide; here the bins at the bulk's p1..p99
+  (``|x| < 4``) are at most ``2^-6 = 0.0156`` wide (1.6 % of the std), whatever the outliers.
+- **Window.** Counts are kept for the ``W`` binades (default 30) that end at the largest finite magnitude seen so far,
+  plus one underflow bin per sign for ``|x| < 2^(top - W + 1)``, that is below ``absmax * 2^-(W-1)`` (about
+  ``1.9e-9 * absmax``): finer than any format in the bag resolves once scaled to that range (FP8 E4M3 spans about
+  ``2^18``, INT16 ``2^15``). When a batch raises the top binade the window slides up: the bins that fall out merge
+  into the underflow bin. The bin edges nest, so this re-binning is exact: the counts equal those of a histogram
+  binned at once with the final window, and ``merge`` is exact for the same reason. Range growth between batches
+  therefore costs no precision apart from the (tiny) underflow pooling.
+- **Percentiles** follow ``torch.quantile``'s linear interpolation: the target rank ``q (n - 1)`` is located in the
+  cumulative counts and interpolated linearly inside its bin, whose edges are clipped to the exact min and max. The
+  estimate lies in the bin that holds the order statistic at that rank, so it is within that bin's width of the exact
+  quantile (when neighbouring order statistics share a bin, as they do on continuous data), and it is monotone in
+  ``q``. min, max and absmax are exact (as float32).
+- **Memory** is fixed: ``2 * (W * 2^m + 1)`` int64 counts (61,456 bytes for the defaults) plus five scalars, whatever
+  the number of batches; no activation is stored. Large tensors are binned in chunks of at most ``2^24`` elements,
+  which bounds the temporaries and keeps CUDA's float32 ``histc`` counts exact.
+- **Cost.** ``collect`` issues a fixed number of elementwise passes and small fixed-size ops with no ``.item()``
+  sync (in ``on_nonfinite="count"`` mode); ``compute`` syncs once.
+
+Non-finite values (NaN, +-Inf) never enter the histogram or min/max: they are counted (``nonfinite``), or with
+``on_nonfinite="raise"`` rejected with :class:`NonFiniteActivation` before any state changes (one sync per call).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from anna.errors import AnnaError
+
+__all__ = [
+    "PERCENTILES",
+    "ActStats",
+    "EmptyObserverError",
+    "NonFiniteActivation",
+    "PerChannelAbsMax",
+    "StreamingHistogram",
+]
+
+PERCENTILES: tuple[int, ...] = (1, 5, 10, 90, 95, 99)
+"""The percentiles that :meth:`StreamingHistogram.compute` reports, keyed by ``str(p)``."""
+
+OnNonFinite = Literal["count", "raise"]
+
+_CHUNK = 1 << 24  # elements per binning pass: float32 histc counts stay exact, temporaries stay bounded
+_ABS_MASK = 0x7FFFFFFF
+_INF = math.inf
+
+
+class NonFiniteActivation(AnnaError, ValueError):
+    """A collected tensor holds NaN or Inf values (raised in ``on_nonfinite="raise"`` mode)."""
+
+
+class EmptyObserverError(RuntimeError):
+    """``compute()`` was called on an observer that has collected no finite value."""
+
+
+@dataclass(frozen=True)
+class ActStats:
+    """Statistics of every finite activation value an observer saw."""
+
+    min: float
+    max: float
+    absmax: float
+    percentiles: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    nonfinite: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: min, max, absmax, percentiles {"1".."99"}, count, nonfinite."""
+        return {
+            "min": self.min,
+            "max": self.max,
+            "absmax": self.absmax,
+            "percentiles": dict(self.percentiles),
+            "count": self.count,
+            "nonfinite": self.nonfinite,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ActStats:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            min=float(data["min"]),
+            max=float(data["max"]),
+            absmax=float(data["absmax"]),
+            percentiles={str(k): float(v) for k, v in data["percentiles"].items()},
+            count=int(data.get("count", 0)),
+            nonfinite=int(data.get("nonfinite", 0)),
+        )
+
+
+def _check_mode(on_nonfinite: str) -> None:
+    if on_nonfinite not in ("count", "raise"):
+        raise ValueError(f"on_nonfinite must be 'count' or 'raise', not {on_nonfinite!r}")
+
+
+def _raise_if_nonfinite(x: Tensor) -> None:
+    """Raise :class:`NonFiniteActivation` describing ``x``'s non-finite values, if it has any (syncs)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    nan = int(torch.isnan(x).sum())
+    posinf = int(torch.isposinf(x).sum())
+    neginf = int(torch.isneginf(x).sum())
+    raise NonFiniteActivation(
+        f"{nan + posinf + neginf} of {x.numel()} values are non-finite (NaN: {nan}, +Inf: {posinf}, -Inf: {neginf}) "
+        f"in a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    )
+
+
+def _count_bins_histc(idx: Tensor, nbins: int) -> Tensor:
+    """int64 counts of the integers ``idx`` in ``[0, nbins)`` via float32 ``histc`` (exact for <= 2^24 elements)."""
+    return torch.histc(idx.float(), bins=nbins, min=-0.5, max=nbins - 0.5).long()
+
+
+def _count_bins(idx: Tensor, nbins: int) -> Tensor:
+    """int64 counts of the integers ``idx`` in ``[0, nbins)``, with no device sync on CUDA."""
+    if idx.is_cuda:  # histc sizes its output from its arguments; bincount syncs to read idx.max()
+        return _count_bins_histc(idx, nbins)
+    return torch.bincount(idx, minlength=nbins)
+
+
+def _as_float_tensor(x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    return x.detach()
+
+
+class StreamingHistogram:
+    """Streaming min/max/absmax and percentiles of activations, in fixed memory.
+
+    ``collect(x)`` for each batch (any shape, fp32/fp16/bf16, CPU or CUDA), then ``compute()`` gives an
+    :class:`ActStats`. See the module docstring for the binning and its precision.
+    """
+
+    def __init__(self, mantissa_bits: int = 7, exponent_window: int = 30, on_nonfinite: OnNonFinite = "count") -> None:
+        """``mantissa_bits``: relative bin width ``2^-m``; ``exponent_window``: binades kept below the top."""
+        if not 0 <= mantissa_bits <= 23:
+            raise ValueError(f"mantissa_bits must be in 0..23, not {mantissa_bits}")
+        if not 1 <= exponent_window <= 254:
+            raise ValueError(f"exponent_window must be in 1..254, not {exponent_window}")
+        _check_mode(on_nonfinite)
+        self.mantissa_bits = mantissa_bits
+        self.exponent_window = exponent_window
+        self.on_nonfinite: OnNonFinite = on_nonfinite
+        self._half = (exponent_window << mantissa_bits) + 1  # bins per sign, underflow bin first
+        self._device = torch.device("cpu")
+        self.reset()
+
+    # -- state -----------------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything collected (keeps the device)."""
+        dev = self._device
+        self._counts = torch.zeros(2, self._half, dtype=torch.int64, device=dev)  # [positive, negative] x magnitude
+        self._top = torch.zeros((), dtype=torch.int64, device=dev)  # biased float32 exponent of the window's top
+        self._min = torch.full((), _INF, dtype=torch.float32, device=dev)
+        self._max = torch.full((), -_INF, dtype=torch.float32, device=dev)
+        self._nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
+
+    def _state(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self._counts, self._top, self._min, self._max, self._nonfinite
+
+    def _to(self, device: torch.device) -> None:
+        if device != self._device:
+            self._device = device
+            self._counts, self._top, self._min, self._max, self._nonfinite = (t.to(device) for t in self._state())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of state held, constant whatever was collected."""
+        return sum(t.numel() * t.element_size() for t in self._state())
+
+    @property
+    def count(self) -> int:
+        """Number of finite values collected (syncs)."""
+        return int(self._counts.sum())
+
+    @property
+    def nonfinite(self) -> int:
+        """Number of NaN/Inf values collected and excluded (syncs)."""
+        return int(self._nonfinite)
+
+    # -- window ----------------------------------------------------------------------------------------------------
+
+    def _slide(self, counts: Tensor, top: Tensor, new_top: Tensor) -> Tensor:
+        """Counts re-binned from the window ending at binade ``top`` to the one ending at ``new_top >= top``.
+
+        Branch-free (no sync): bins that leave the window are summed into the underflow bin, the rest move down.
+        """
+        half = self._half
+        shift = ((new_top - top) << self.mantissa_bits).clamp(max=half - 1).reshape(1)
+        underflow = counts.cumsum(1).index_select(1, shift)
+        src = torch.arange(1, half, device=counts.device) + shift
+        body = counts.index_select(1, src.clamp(max=half - 1)) * (src < half)
+        return torch.cat([underflow, body], dim=1)
+
+    # -- collect ---------------------------------------------------------------------------------------------------
+
+    def collect(self, x: Tensor) -> None:
+        """Add every value of ``x`` to the statistics; non-finite values are counted (or rejected) and excluded."""
+        x = _as_float_tensor(x)
+        if self.on_nonfinite == "raise":
+            _raise_if_nonfinite(x)
+        if x.numel() == 0:
+            return
+        self._to(x.device)
+        flat = x.reshape(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            self._collect_chunk(flat[start : start + _CHUNK])
+
+    def _collect_chunk(self, chunk: Tensor) -> None:
+        m, half = self.mantissa_bits, self._half
+        xf = chunk.float().contiguous()
+        # exact finite min/max: non-finite values replaced by the reduction's identity
+        lo = xf.nan_to_num(nan=_INF, posinf=_INF, neginf=_INF).amin()
+        hi = xf.nan_to_num(nan=-_INF, posinf=-_INF, neginf=-_INF).amax()
+        self._min = torch.minimum(self._min, lo)
+        self._max = torch.maximum(self._max, hi)
+        # slide the window up to this chunk's largest binade
+        absmax = torch.maximum(hi, -lo).clamp_min(0.0)
+        new_top = torch.maximum(self._top, (absmax.view(torch.int32) >> 23).long())
+        self._counts = self._slide(self._counts, self._top, new_top)
+        self._top = new_top
+        # bin index: magnitude key relative to the window (0 = underflow, half = non-finite), plus sign offset
+        bits = xf.view(torch.int32)
+        key = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m)
+        low_key = ((new_top - self.exponent_window + 1) << m) - 1
+        idx = key.sub_(low_key.to(torch.int32)).clamp_(0, half)
+        idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half + 1))  # negatives (sign bit set) in the second row
+        hist = _count_bins(idx, 2 * (half + 1)).view(2, half + 1)
+        self._counts = self._counts + hist[:, :half]
+        self._nonfinite = self._nonfinite + hist[:, half].sum()
+
+    # -- merge / state_dict ----------------------------------------------------------------------------------------
+
+    def merge(self, other: StreamingHistogram) -> None:
+        """Add ``other``'s statistics to this observer's (exact: same result as collecting both streams here)."""
+        if not isinstance(other, StreamingHistogram):
+            raise TypeError(f"cannot merge {type(other).__name__} into StreamingHistogram")
+        if (other.mantissa_bits, other.exponent_window) != (self.mantissa_bits, self.exponent_window):
+            raise ValueError(
+                f"cannot merge histograms with different binning: (mantissa_bits, exponent_window) "
+                f"{(self.mantissa_bits, self.exponent_window)} vs {(other.mantissa_bits, other.exponent_window)}"
+            )
+        dev = self._device
+        o_counts, o_top = other._counts.to(dev), other._top.to(dev)
+        new_top = torch.maximum(self._top, o_top)
+        self._counts = self._slide(self._counts, self._top, new_top) + self._slide(o_counts, o_top, new_top)
+        self._top = new_top
+        self._min = torch.minimum(self._min, other._min.to(dev))
+        self._max = torch.maximum(self._max, other._max.to(dev))
+        self._nonfinite = self._nonfinite + other._nonfinite.to(dev)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The full state as CPU tensors, ready for safetensors (prefix the keys per observer)."""
+        return {
+            "counts": self._counts.cpu().clone(),
+            "top": self._top.cpu().clone(),
+            "min": self._min.cpu().clone(),
+            "max": self._max.cpu().clone(),
+            "nonfinite": self._nonfinite.cpu().clone(),
+            "mantissa_bits": torch.tensor(self.mantissa_bits, dtype=torch.int64),
+            "exponent_window": torch.tensor(self.exponent_window, dtype=torch.int64),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Tensor],
+        *,
+        on_nonfinite: OnNonFinite = "count",
+        device: torch.device | str | None = None,
+    ) -> StreamingHistogram:
+        """Rebuild an observer from :meth:`state_dict` output, to resume collecting or compute."""
+        missing = {"counts", "top", "min", "max", "nonfinite", "mantissa_bits", "exponent_window"} - set(state)
+        if missing:
+            raise ValueError(f"StreamingHistogram state is missing {sorted(missing)}")
+        obs = cls(int(state["mantissa_bits"]), int(state["exponent_window"]), on_nonfinite=on_nonfinite)
+        counts = state["counts"]
+        if tuple(counts.shape) != (2, obs._half):
+            raise ValueError(f"StreamingHistogram counts have shape {tuple(counts.shape)}, expected {(2, obs._half)}")
+        obs._counts = counts.to(torch.int64).clone()
+        obs._top = state["top"].to(torch.int64).reshape(()).clone()
+        obs._min = state["min"].to(torch.float32).reshape(()).clone()
+        obs._max = state["max"].to(torch.float32).reshape(()).clone()
+        obs._nonfinite = state["nonfinite"].to(torch.int64).reshape(()).clone()
+        obs._device = obs._counts.device
+        if device is not None:
+            obs._to(torch.device(device))
+        return obs
+
+    # -- compute ---------------------------------------------------------------------------------------------------
+
+    def _magnitudes(self, keys: Tensor) -> Tensor:
+        """float64 magnitude at the start of each binning key (0 for keys <= 0, inf past the largest float)."""
+        m = self.mantissa_bits
+        inside = (keys > 0) & (keys < (255 << m))
+        bits = (keys.clamp(0, (255 << m) - 1) << (23 - m)).to(torch.int32)
+        mags = bits.view(torch.float32).double()
+        mags = torch.where(inside, mags, torch.zeros_like(mags))
+        return torch.where(keys >= (255 << m), torch.full_like(mags, _INF), mags)
+
+    def bin_edges(self) -> tuple[Tensor, Tensor]:
+        """``(edges, counts)`` of the current histogram in ascending value order (CPU; edges float64, 2H + 1)."""
+        counts = self._counts.cpu()
+        top = int(self._top)
+        low_key = (top - self.exponent_window + 1) << self.mantissa_bits
+        upper = self._magnitudes(low_key + torch.arange(self._half, dtype=torch.int64))  # upper edge per magnitude bin
+        edges = torch.cat([-upper.flip(0), torch.zeros(1, dtype=torch.float64), upper])
+        return edges, torch.cat([counts[1].flip(0), counts[0]])
+
+    def bin_width_at(self, value: float) -> float:
+        """Width of the bin that holds ``value`` in the current window (the percentile tolerance at that value)."""
+        m = self.mantissa_bits
+        key = int(torch.tensor(abs(float(value)), dtype=torch.float32).view(torch.int32)) >> (23 - m)
+        low_key = (int(self._top) - self.exponent_window + 1) << m
+        if key < low_key:  # underflow bin [0, 2^low)
+            return float(self._magnitudes(torch.tensor([low_key]))[0])
+        lo, hi = self._magnitudes(torch.tensor([key, key + 1]))
+        return float(hi - lo)
+
+    def quantiles(self, qs: Iterable[float]) -> list[float]:
+        """Estimates of ``torch.quantile(all_data, q)`` (linear interpolation) for each ``q`` in [0, 1]."""
+        qs_t = torch.tensor(list(qs), dtype=torch.float64)
+        if ((qs_t < 0) | (qs_t > 1)).any():
+            raise ValueError(f"quantiles must be in [0, 1], got {qs_t.tolist()}")
+        edges, counts = self.bin_edges()
+        n = int(counts.sum())
+        if n == 0:
+            self._raise_empty()
+        lo, hi = float(self._min), float(self._max)
+        edges = edges.clamp(lo, hi)
+        cum = counts.cumsum(0)
+        rank = qs_t * (n - 1)
+        b = torch.searchsorted(cum.double(), rank, right=True).clamp(max=counts.numel() - 1)
+        inside = counts[b].double()
+        before = cum[b].double() - inside
+        frac = ((rank - before + 0.5) / inside).clamp(0.0, 1.0)
+        est = edges[b] + frac * (edges[b + 1] - edges[b])
+        return est.clamp(lo, hi).tolist()
+
+    def _raise_empty(self) -> None:
+        nonfinite = int(self._nonfinite)
+        if nonfinite:
+            raise EmptyObserverError(f"no finite value collected: all {nonfinite} collected values were NaN or Inf")
+        raise EmptyObserverError("no data collected: call collect() with a non-empty tensor before compute()")
+
+    def compute(self) -> ActStats:
+        """Min, max, absmax (exact) and percentiles 1/5/10/90/95/99 of every finite value collected."""
+        count = self.count
+        if count == 0:
+            self._raise_empty()
+        lo, hi = float(self._min), float(self._max)
+        values = self.quantiles(p / 100 for p in PERCENTILES)
+        return ActStats(
+            min=lo,
+            max=hi,
+            absmax=max(abs(lo), abs(hi)),
+            percentiles={str(p): v for p, v in zip(PERCENTILES, values, strict=True)},
+            count=count,
+            nonfinite=self.nonfinite,
+        )
+
+
+class PerChannelAbsMax:
+    """Running per-output-channel absmax of a weight (dim 0), e.g. for FP8 per-channel weight scales."""
+
+    def __init__(self, on_nonfinite: OnNonFinite = "count") -> None:
+        """``on_nonfinite`` as for :class:`StreamingHistogram`; non-finite values never enter the absmax."""
+        _check_mode(on_nonfinite)
+        self.on_nonfinite: OnNonFinite = on_nonfinite
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything collected."""
+        self._absmax: Tensor | None = None
+        self._nonfinite = torch.zeros((), dtype=torch.int64)
+
+    @property
+    def nonfinite(self) -> int:
+        """Number of NaN/Inf values collected and excluded (syncs)."""
+        return int(self._nonfinite)
+
+    def collect(self, w: Tensor) -> None:
+        """Fold ``w``'s per-channel absmax (over every dim but 0) into the running maximum."""
+        w = _as_float_tensor(w)
+        if w.ndim == 0 or w.shape[0] == 0:
+            raise ValueError(f"PerChannelAbsMax needs a tensor with at least one output channel, got {tuple(w.shape)}")
+        if self._absmax is not None and self._absmax.shape[0] != w.shape[0]:
+            raise ValueError(f"PerChannelAbsMax saw {self._absmax.shape[0]} channels before, now {w.shape[0]}")
+        if self.on_nonfinite == "raise":
+            _raise_if_nonfinite(w)
+        a = w.float().abs()
+        finite = torch.isfinite(a)
+        a = a.masked_fill(~finite, 0.0).reshape(w.shape[0], -1)
+        per = a.amax(dim=1) if a.shape[1] else torch.zeros(w.shape[0], device=w.device)
+        self._nonfinite = self._nonfinite.to(w.device) + (~finite).sum()
+        self._absmax = per if self._absmax is None else torch.maximum(self._absmax.to(w.device), per)
+
+    def compute(self) -> Tensor:
+        """float32 absmax per output channel, shape ``(C,)``."""
+        if self._absmax is None:
+            raise EmptyObserverError("no weight collected: call collect() before compute()")
+        return self._absmax.clone()
+
+    def merge(self, other: PerChannelAbsMax) -> None:
+        """Fold ``other``'s running maximum into this one."""
+        if not isinstance(other, PerChannelAbsMax):
+            raise TypeError(f"cannot merge {type(other).__name__} into PerChannelAbsMax")
+        if other._absmax is None:
+            self._nonfinite = self._nonfinite + other._nonfinite.to(self._nonfinite.device)
+            return
+        dev = other._absmax.device if self._absmax is None else self._absmax.device
+        if self._absmax is not None and self._absmax.shape != other._absmax.shape:
+            raise ValueError(f"cannot merge {self._absmax.shape[0]} channels with {other._absmax.shape[0]}")
+        theirs = other._absmax.to(dev)
+        self._absmax = theirs.clone() if self._absmax is None else torch.maximum(self._absmax, theirs)
+        self._nonfinite = self._nonfinite.to(dev) + other._nonfinite.to(dev)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """State as CPU tensors for safetensors; raises :class:`EmptyObserverError` when nothing was collected."""
+        return {"absmax": self.compute().cpu(), "nonfinite": self._nonfinite.cpu().clone()}
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Tensor],
+        *,
+        on_nonfinite: OnNonFinite = "count",
+        device: torch.device | str | None = None,
+    ) -> PerChannelAbsMax:
+        """Rebuild from :meth:`state_dict` output."""
+        if "absmax" not in state:
+            raise ValueError("PerChannelAbsMax state is missing 'absmax'")
+        obs = cls(on_nonfinite=on_nonfinite)
+        obs._absmax = state["absmax"].to(torch.float32).reshape(-1).clone()
+        obs._nonfinite = state.get("nonfinite", torch.zeros((), dtype=torch.int64)).to(torch.int64).reshape(()).clone()
+        if device is not None:
+            obs._absmax, obs._nonfinite = obs._absmax.to(device), obs._nonfinite.to(device)
+        return obs

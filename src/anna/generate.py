@@ -1,0 +1,62 @@
+"""Plain generation: one PNG per prompt, seeded per prompt so the same seed gives byte-identical files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from anna.adapters.base import GenerationSettings, Model
+
+
+def generate_images(
+    model: Model, prompts: Sequence[str], settings: GenerationSettings, seed: int = 0, progress: bool = True
+) -> list[Image.Image]:
+    """Run the pipeline once per prompt with generator seed `seed + index` (a CPU generator, so any device agrees
+    on the initial noise)."""
+    model.require_weights("generate")
+    pipe = model.pipeline
+    images = []
+    for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="prompt", disable=not progress)):
+        generator = torch.Generator("cpu").manual_seed(seed + i)
+        with torch.inference_mode():
+            out = pipe(
+                prompt=prompt,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                height=settings.height,
+                width=settings.width,
+                generator=generator,
+            )
+        images.append(out.images[0])
+    return images
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Atomic PNG write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def generate_to_dir(
+    model: Model, prompts: Sequence[str], out_dir: str | Path, settings: GenerationSettings, seed: int = 0
+) -> list[Path]:
+    """Write `0000.png`, `0001.png`, ... one per prompt, and `prompts.txt` beside them."""
+    out = Path(out_dir)
+    images = generate_images(model, prompts, settings, seed)
+    paths = [save_png(img, out / f"{i:04d}.png") for i, img in enumerate(images)]
+    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    return paths

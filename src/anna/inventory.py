@@ -1,0 +1,197 @@
+"""Unit discovery and size accounting in real bytes.
+
+A unit is one `Conv2d`, one attention module (its q/k/v/out linears plus the attention math), or one `Linear`
+outside attention. Every tensor that belongs to no unit (norms, embeddings, stray biases) counts as FP16.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from anna.adapters.base import Model
+from anna.errors import AnnaError
+from anna.options.registry import FP16, Storage, get_option, option_names
+
+KINDS = ("conv", "attention", "linear")
+
+# The activation tensors that a quantized unit observes and stores one scale for, by kind. For attention:
+# the hidden states (q input), the context (k/v input; the same tensor in self-attention), the out-projection input,
+# and Q, K, V and the softmax probabilities of the attention math.
+ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "conv": ("input",),
+    "linear": ("input",),
+    "attention": ("input", "context", "out_in", "q", "k", "v", "p"),
+}
+
+
+def is_attention(module: nn.Module) -> bool:
+    """diffusers `Attention`, and transformers attention blocks (CLIPAttention, BertAttention, ...)."""
+    return type(module).__name__.endswith("Attention") and any(isinstance(m, nn.Linear) for m in module.modules())
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """One unit: its name (module path within the component), kind, parameter count and bytes per option."""
+
+    name: str
+    kind: str
+    params: int
+    weights: tuple[str, ...]  # quantized weight tensors, relative to the unit (e.g. "to_q.weight")
+    bytes: dict[str, int] = field(hash=False)
+
+
+def unit_modules(component: nn.Module) -> list[tuple[str, str, nn.Module]]:
+    """(name, kind, module) for every unit, in module order. The outermost attention module wins."""
+    units: list[tuple[str, str, nn.Module]] = []
+    inside: list[str] = []
+    for name, module in component.named_modules():
+        if any(name.startswith(p + ".") for p in inside):
+            continue
+        if is_attention(module):
+            units.append((name, "attention", module))
+            inside.append(name)
+        elif isinstance(module, nn.Conv2d):
+            units.append((name, "conv", module))
+        elif isinstance(module, nn.Linear):
+            units.append((name, "linear", module))
+    return units
+
+
+def quantized_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The Linear/Conv2d weights inside a unit, relative names."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        return [("weight", module.weight)]
+    return [
+        (f"{n}.weight" if n else "weight", m.weight)
+        for n, m in module.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+
+
+def unit_bytes(module: nn.Module, kind: str, storage: Storage | None) -> int:
+    """Real bytes of one unit under a storage scheme (None: FP16)."""
+    total_params = sum(p.numel() for p in module.parameters())
+    if storage is None:
+        return 2 * total_params
+    weights = quantized_weights(module)
+    n_weight = sum(w.numel() for _, w in weights)
+    n_channels = sum(w.shape[0] for _, w in weights)
+    return (
+        storage.weight_bytes * n_weight
+        + storage.channel_bytes * n_channels
+        + 2 * (total_params - n_weight)
+        + storage.activation_bytes * len(ACTIVATIONS[kind])
+    )
+
+
+def tensor_bytes_fp16(component: nn.Module) -> int:
+    """Every tensor of the component in FP16: floating parameters and buffers at 2 bytes, others at their size."""
+    total = 0
+    for t in list(component.parameters()) + list(component.buffers()):
+        total += t.numel() * (2 if t.is_floating_point() else t.element_size())
+    return total
+
+
+def match_patterns(names: Sequence[str], patterns: Iterable[str], what: str = "pattern") -> set[str]:
+    """Names matched by any glob pattern. A pattern that matches nothing is an error listing the closest names."""
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}
+        if not hits:
+            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.3)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise AnnaError(f"{what} '{pattern}' matches no unit{hint}")
+        matched |= hits
+    return matched
+
+
+@dataclass
+class Inventory:
+    """The units of one component, with their bytes per option, and the component's FP16 total."""
+
+    model: str
+    component: str
+    units: list[UnitInfo]
+    total_params: int
+    total_bytes_fp16: int
+
+    @property
+    def names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+    @property
+    def base_bytes(self) -> int:
+        """Bytes that no decision changes: every tensor outside the units, in FP16."""
+        return self.total_bytes_fp16 - sum(u.bytes[FP16] for u in self.units)
+
+    def unit(self, name: str) -> UnitInfo:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise AnnaError(f"unknown unit '{name}' in {self.model}/{self.component}")
+
+    def plan_bytes(self, assignment: Mapping[str, str]) -> int:
+        """Bytes of the component when each unit uses `assignment[name]` (missing units: FP16)."""
+        unknown = set(assignment) - set(self.names)
+        if unknown:
+            raise AnnaError(f"plan names units that {self.model}/{self.component} does not have: {sorted(unknown)[:5]}")
+        total = self.base_bytes
+        for u in self.units:
+            opt = assignment.get(u.name, FP16)
+            if opt not in u.bytes:
+                get_option(opt)  # raises for an unknown name
+                raise AnnaError(f"option '{opt}' has no size for unit {u.name}")
+            total += u.bytes[opt]
+        return total
+
+    def size_ratio(self, assignment: Mapping[str, str]) -> float:
+        return self.plan_bytes(assignment) / self.total_bytes_fp16
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "component": self.component,
+            "total_params": self.total_params,
+            "total_bytes_fp16": self.total_bytes_fp16,
+            "units": [{"name": u.name, "kind": u.kind, "params": u.params, "bytes": u.bytes} for u in self.units],
+        }
+
+
+def build_inventory(
+    model: Model,
+    component: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    options: Sequence[str] | None = None,
+) -> Inventory:
+    """Discover the units of a component and their bytes under every option (all registered ones by default)."""
+    component = component or model.default_component
+    module = model.component(component)
+    found = unit_modules(module)
+    names = [n for n, _, _ in found]
+    keep = match_patterns(names, include, "include pattern") if include else set(names)
+    keep -= match_patterns(names, exclude, "exclude pattern") if exclude else set()
+    storages = {name: get_option(name).storage for name in (options or option_names())}
+    units = [
+        UnitInfo(
+            name=name,
+            kind=kind,
+            params=sum(p.numel() for p in mod.parameters()),
+            weights=tuple(n for n, _ in quantized_weights(mod)),
+            bytes={opt: unit_bytes(mod, kind, st) for opt, st in storages.items()},
+        )
+        for name, kind, mod in found
+        if name in keep
+    ]
+    return Inventory(
+        model=model.name,
+        component=component,
+        units=units,
+        total_params=sum(p.numel() for p in module.parameters()),
+        total_bytes_fp16=tensor_bytes_fp16(module),
+    )

@@ -1,0 +1,44 @@
+"""FP8 E4M3 static PTQ: weights per output channel (absmax), activations per tensor from a calibrated range."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anna.options.registry import Storage, register_option
+
+# 1 byte per weight; one fp32 scale per output channel; one fp32 scale per activation tensor.
+FP8_STORAGE = Storage(weight_bytes=1, channel_bytes=4, activation_bytes=4)
+
+
+@dataclass(frozen=True)
+class FP8Config:
+    """Activation range: full min-max when `percentile` is None, else the (p, 100-p) percentiles."""
+
+    percentile: float | None
+
+
+@dataclass(frozen=True)
+class FP8Option:
+    name: str
+    config: FP8Config
+    storage: Storage = FP8_STORAGE
+
+
+@register_option("fp8-absmax")
+def _absmax() -> FP8Option:
+    return FP8Option("fp8-absmax", FP8Config(None))
+
+
+@register_option("fp8-conservative")
+def _conservative() -> FP8Option:
+    return FP8Option("fp8-conservative", FP8Config(1.0))
+
+
+@register_option("fp8-moderate")
+def _moderate() -> FP8Option:
+    return FP8Option("fp8-moderate", FP8Config(5.0))
+
+
+@register_option("fp8-aggressive")
+def _aggressive() -> FP8Option:
+    return FP8Option("fp8-aggressive", FP8Config(10.0))

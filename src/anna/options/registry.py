@@ -1,0 +1,94 @@
+"""The option registry. Core code looks options up by name here and imports no concrete option.
+
+An option says how a unit is stored (its `Storage`, which fixes the byte accounting) and, once the quantization
+code is registered, how a unit is quantized. Options register with `@register_option("name")` on a zero-argument
+factory that returns the option object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from anna.errors import AnnaError
+
+FP16 = "fp16"
+DEFAULT_BAG = ("fp16", "fp8-absmax", "fp8-conservative", "fp8-moderate", "fp8-aggressive")
+_BUILTIN_MODULES = ("anna.options.fp8", "anna.options.qdq")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How a quantized unit is stored, in bytes.
+
+    Every Linear/Conv weight of the unit costs `weight_bytes` per element plus `channel_bytes` per output channel
+    (scale, and zero point where there is one); each quantized activation tensor costs `activation_bytes`. Every
+    other tensor of the unit (biases, norms) stays FP16.
+    """
+
+    weight_bytes: int
+    channel_bytes: int
+    activation_bytes: int
+
+
+@runtime_checkable
+class Option(Protocol):
+    """What the registry holds. `storage` is None for `fp16`."""
+
+    name: str
+    storage: Storage | None
+    config: Any
+
+
+@dataclass(frozen=True)
+class FP16Option:
+    name: str = FP16
+    storage: Storage | None = None
+    config: Any = None
+
+
+_REGISTRY: dict[str, Callable[[], Option]] = {FP16: FP16Option}
+_loaded = False
+
+
+def register_option(name: str) -> Callable[[Callable[[], Option]], Callable[[], Option]]:
+    """Register a zero-argument factory for the option `name`."""
+
+    def deco(factory: Callable[[], Option]) -> Callable[[], Option]:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"option '{name}' is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def option_names() -> list[str]:
+    _load_builtin()
+    return list(_REGISTRY)
+
+
+def get_option(name: str) -> Option:
+    """The option object for `name`, or a clear error listing the known names."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise AnnaError(f"unknown option '{name}'; known options: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]()
+
+
+def parse_bag(spec: str | None) -> list[str]:
+    """`--bag` value (comma separated) to a validated list that always starts with fp16."""
+    names = list(DEFAULT_BAG) if not spec else [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        get_option(n)
+    return [FP16] + [n for n in names if n != FP16]

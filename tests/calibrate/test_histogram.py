@@ -1,0 +1,307 @@
+"""StreamingHistogram / PerChannelAbsMax: percentiles within one bin of torch.quantile, exact extremes, fixed memory."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from anna.calibrate.histogram import (
+    PERCENTILES,
+    ActStats,
+    EmptyObserverError,
+    NonFiniteActivation,
+    PerChannelAbsMax,
+    StreamingHistogram,
+)
+from anna.calibrate.histogram import _count_bins_histc as count_bins_histc
+
+QS = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
+SEEDS = (0, 1, 2)
+
+
+def _batches(kind: str, seed: int) -> list[torch.Tensor]:
+    """Batches of various shapes for one distribution; concatenated, they are the reference data."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(4, 16, 8, 8), (2, 77, 64), (5000,), (3, 1000)]
+    out = []
+    for k in range(16):
+        shape = shapes[k % len(shapes)]
+        if kind == "gaussian":
+            x = torch.randn(shape, generator=g) * 0.7 + 0.3
+        elif kind == "exponential":
+            x = torch.empty(shape).exponential_(1.0, generator=g)
+        elif kind == "lognormal":
+            x = torch.empty(shape).log_normal_(0.0, 1.5, generator=g)
+        elif kind == "heavy":  # bulk N(0, 1), 0.5 % outliers at 1000x the bulk (either sign)
+            x = torch.randn(shape, generator=g)
+            outlier = torch.rand(shape, generator=g) < 0.005
+            x = torch.where(outlier, x.sign() * 1000.0 * (1 + torch.rand(shape, generator=g)), x)
+        elif kind == "growing":  # batch k has scale 2^k
+            x = torch.randn(shape, generator=g) * 2.0**k
+        else:
+            raise AssertionError(kind)
+        out.append(x)
+    return out
+
+
+def _collect(batches: list[torch.Tensor], **kwargs: object) -> StreamingHistogram:
+    h = StreamingHistogram(**kwargs)
+    for x in batches:
+        h.collect(x)
+    return h
+
+
+def _exact(batches: list[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+    data = torch.cat([x.reshape(-1) for x in batches]).double()
+    return data, torch.quantile(data, QS).tolist()
+
+
+def _assert_within_bin(h: StreamingHistogram, stats: ActStats, exact: list[float]) -> None:
+    for p, want in zip(PERCENTILES, exact, strict=True):
+        got = stats.percentiles[str(p)]
+        width = h.bin_width_at(want)
+        assert abs(got - want) <= width, f"p{p}: {got} vs exact {want}, bin width {width}"
+
+
+def _assert_monotone(s: ActStats) -> None:
+    chain = [s.min, *(s.percentiles[str(p)] for p in PERCENTILES), s.max]
+    assert all(a <= b for a, b in zip(chain, chain[1:], strict=False)), chain
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["gaussian", "exponential", "lognormal", "heavy", "growing"])
+def test_percentiles_within_one_bin_of_torch_quantile(kind: str, seed: int) -> None:
+    batches = _batches(kind, seed)
+    h = _collect(batches)
+    s = h.compute()
+    data, exact = _exact(batches)
+    _assert_within_bin(h, s, exact)
+    _assert_monotone(s)
+    assert s.min == float(data.min()) and s.max == float(data.max())
+    assert s.absmax == float(data.abs().max())
+    assert s.count == data.numel() and s.nonfinite == 0
+    # the relative bin width is at most 2^-7 of the value, at any magnitude
+    for v in exact:
+        assert h.bin_width_at(v) <= 2.0**-7 * abs(v)
+
+
+def test_heavy_tail_bulk_resolution_floor() -> None:
+    """Outliers at 1000x do not coarsen the bulk: p1..p99 of N(0,1) are resolved to < 1.6 % of its std."""
+    batches = _batches("heavy", 0)
+    h = _collect(batches)
+    s = h.compute()
+    _, exact = _exact(batches)
+    bulk_std = 1.0
+    # |p| < 4 for the bulk's percentiles, so the binade is at most [2, 4) and the width at most 2^(1-7) = 2^-6
+    widths = [h.bin_width_at(v) for v in s.percentiles.values()]
+    assert max(widths) <= 2.0**-6 * bulk_std
+    errors = [abs(s.percentiles[str(p)] - e) for p, e in zip(PERCENTILES, exact, strict=True)]
+    assert max(errors) <= 2.0**-6 * bulk_std
+    # a fixed-range histogram with as many bins over [-absmax, absmax] (absmax ~ 2000) would be ~33x coarser here
+    edges, _ = h.bin_edges()
+    linear_width = 2 * s.absmax / (edges.numel() - 1)
+    assert linear_width > 30 * max(widths)
+
+
+def test_range_growing_past_the_window_pools_small_values_exactly() -> None:
+    """Scales 2^0 .. 2^40 with a 30-binade window: early values pool into the underflow bin, still within one bin."""
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(4000, generator=g) * 2.0 ** (8 * k) for k in range(6)]
+    h = _collect(batches)
+    s = h.compute()
+    _, exact = _exact(batches)
+    _assert_within_bin(h, s, exact)
+    _assert_monotone(s)
+    # a narrow window forces the bulk percentiles into the underflow bin: its width is the tolerance
+    narrow = _collect(batches, exponent_window=4)
+    sn = narrow.compute()
+    _assert_within_bin(narrow, sn, exact)
+    assert narrow.bin_width_at(exact[2]) <= sn.absmax * 2.0**-3
+
+
+def test_exact_zeros_constant_and_single_value() -> None:
+    relu = torch.relu(torch.randn(20000, generator=torch.Generator().manual_seed(4)))
+    h = _collect([relu])
+    s = h.compute()
+    _, exact = _exact([relu])
+    _assert_within_bin(h, s, exact)
+    assert s.min == 0.0 and s.percentiles["1"] == pytest.approx(0.0, abs=h.bin_width_at(0.0))
+    const = _collect([torch.full((100,), -3.25)]).compute()
+    assert const.min == const.max == -3.25 and all(v == -3.25 for v in const.percentiles.values())
+    one = _collect([torch.tensor([7.0])]).compute()
+    assert one.count == 1 and set(one.percentiles.values()) == {7.0}
+
+
+def _state_equal(a: StreamingHistogram, b: StreamingHistogram) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kind", ["heavy", "growing"])
+def test_merge_equals_collecting_all_at_once(kind: str) -> None:
+    batches = _batches(kind, 5)
+    whole = _collect([torch.cat([x.reshape(-1) for x in batches])])
+    sequential = _collect(batches)
+    parts = [_collect(batches[i::3]) for i in range(3)]  # different windows per part
+    merged = StreamingHistogram()
+    for part in reversed(parts):
+        merged.merge(part)
+    assert _state_equal(whole, sequential)
+    assert _state_equal(whole, merged)
+    assert merged.compute() == whole.compute()
+
+
+def test_state_dict_round_trip_through_safetensors(tmp_path) -> None:
+    batches = _batches("growing", 6)
+    h = _collect(batches[:10])
+    h.collect(torch.tensor([math.nan, math.inf]))
+    path = tmp_path / "obs.safetensors"
+    save_file({f"unet.conv_in.{k}": v for k, v in h.state_dict().items()}, str(path))
+    loaded = load_file(str(path))
+    state = {k.removeprefix("unet.conv_in."): v for k, v in loaded.items()}
+    back = StreamingHistogram.from_state_dict(state)
+    assert back.compute() == h.compute()
+    assert back.nonfinite == 2
+    # resuming after the reload is the same as never stopping
+    for x in batches[10:]:
+        back.collect(x)
+        h.collect(x)
+    assert _state_equal(back, h)
+    bad = dict(state, counts=state["counts"][:, :-1])
+    with pytest.raises(ValueError, match="shape"):
+        StreamingHistogram.from_state_dict(bad)
+
+
+def test_memory_is_bounded() -> None:
+    g = torch.Generator().manual_seed(7)
+    one = StreamingHistogram()
+    one.collect(torch.randn(64, generator=g))
+    many = StreamingHistogram()
+    for k in range(1000):
+        many.collect(torch.randn(64, generator=g) * 2.0 ** (k % 40 - 20))
+    assert one.nbytes == many.nbytes <= 64 * 1024
+    size = {k: (v.shape, v.dtype) for k, v in one.state_dict().items()}
+    assert size == {k: (v.shape, v.dtype) for k, v in many.state_dict().items()}
+    assert many.count == 64_000
+
+
+def test_nonfinite_counted_and_excluded() -> None:
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1000, generator=g)
+    dirty = x.clone()
+    dirty[[3, 10, 500, 999]] = torch.tensor([math.nan, math.inf, -math.inf, -math.nan])
+    clean = torch.cat([dirty[:3], dirty[4:10], dirty[11:500], dirty[501:999]])
+    h = _collect([dirty])
+    ref = _collect([clean])
+    assert h.nonfinite == 4
+    s, r = h.compute(), ref.compute()
+    assert s.nonfinite == 4 and s.count == 996
+    assert (s.min, s.max, s.percentiles) == (r.min, r.max, r.percentiles)
+    assert math.isfinite(s.min) and math.isfinite(s.max)
+
+
+def test_nonfinite_raise_mode_leaves_state_untouched() -> None:
+    h = StreamingHistogram(on_nonfinite="raise")
+    h.collect(torch.ones(10))
+    bad = torch.tensor([1.0, math.nan, math.inf, -math.inf, math.inf], dtype=torch.float16)
+    with pytest.raises(NonFiniteActivation, match=r"4 of 5 values are non-finite \(NaN: 1, \+Inf: 2, -Inf: 1\)"):
+        h.collect(bad)
+    assert issubclass(NonFiniteActivation, ValueError)
+    assert h.count == 10 and h.nonfinite == 0
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        StreamingHistogram(on_nonfinite="ignore")  # type: ignore[arg-type]
+
+
+def test_empty_compute_errors() -> None:
+    with pytest.raises(EmptyObserverError, match="no data collected"):
+        StreamingHistogram().compute()
+    h = StreamingHistogram()
+    h.collect(torch.empty(0, 8))
+    with pytest.raises(EmptyObserverError):
+        h.compute()
+    h.collect(torch.tensor([math.nan, math.inf]))
+    with pytest.raises(EmptyObserverError, match="all 2 collected values were NaN or Inf"):
+        h.compute()
+    h.reset()
+    assert h.nonfinite == 0
+    with pytest.raises(TypeError, match="floating-point"):
+        h.collect(torch.arange(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(4, 256, 32, generator=g) * 3).to(dtype).transpose(0, 2)  # non-contiguous too
+    h = _collect([x])
+    ref = _collect([x.float()])
+    assert _state_equal(h, ref)
+    s = h.compute()
+    assert s.min == float(x.min()) and s.max == float(x.max())
+    _, exact = _exact([x.float()])
+    _assert_within_bin(h, s, exact)
+
+
+def test_histc_binning_matches_bincount() -> None:
+    """The CUDA binning path (float32 histc) counts integer bins exactly like bincount (checked here on CPU)."""
+    nbins = 2 * (30 * 128 + 2)
+    idx = torch.randint(0, nbins, (200_000,), generator=torch.Generator().manual_seed(10), dtype=torch.int32)
+    idx[:3] = torch.tensor([0, nbins - 1, nbins - 1], dtype=torch.int32)
+    assert torch.equal(count_bins_histc(idx, nbins), torch.bincount(idx, minlength=nbins))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    batches = _batches("heavy", 11)
+    cpu = _collect(batches)
+    gpu = _collect([x.cuda().half() for x in batches])
+    ref = _collect([x.half() for x in batches])
+    assert _state_equal(gpu, ref)
+    assert cpu.compute().count == gpu.compute().count
+
+
+def test_merge_rejects_other_binning() -> None:
+    with pytest.raises(ValueError, match="different binning"):
+        StreamingHistogram().merge(StreamingHistogram(mantissa_bits=5))
+
+
+def test_act_stats_json_round_trip() -> None:
+    s = _collect(_batches("lognormal", 12)).compute()
+    d = json.loads(json.dumps(s.to_json()))
+    assert set(d) == {"min", "max", "absmax", "percentiles", "count", "nonfinite"}
+    assert set(d["percentiles"]) == {"1", "5", "10", "90", "95", "99"}
+    assert ActStats.from_json(d) == s
+
+
+def test_per_channel_absmax() -> None:
+    g = torch.Generator().manual_seed(13)
+    w1, w2 = torch.randn(8, 4, 3, 3, generator=g), torch.randn(8, 4, 3, 3, generator=g) * 2
+    obs = PerChannelAbsMax()
+    with pytest.raises(EmptyObserverError):
+        obs.compute()
+    obs.collect(w1.half())
+    obs.collect(w2)
+    want = torch.maximum(w1.half().float().abs().amax(dim=(1, 2, 3)), w2.abs().amax(dim=(1, 2, 3)))
+    assert torch.equal(obs.compute(), want)
+    lin = PerChannelAbsMax()
+    lin.collect(torch.tensor([[1.0, -5.0], [math.nan, 2.0]]))
+    assert lin.compute().tolist() == [5.0, 2.0] and lin.nonfinite == 1
+    with pytest.raises(NonFiniteActivation):
+        PerChannelAbsMax(on_nonfinite="raise").collect(torch.tensor([[math.inf]]))
+    with pytest.raises(ValueError, match="channels"):
+        obs.collect(torch.randn(3, 4))
+    back = PerChannelAbsMax.from_state_dict(obs.state_dict())
+    assert torch.equal(back.compute(), want)
+    split = PerChannelAbsMax()
+    split.collect(w2)
+    other = PerChannelAbsMax()
+    other.collect(w1.half())
+    split.merge(other)
+    assert torch.equal(split.compute(), want)
+    obs.reset()
+    with pytest.raises(EmptyObserverError):
+        obs.compute()

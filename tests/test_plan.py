@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from anna.errors import AnnaError
+from anna.inventory import build_inventory
+from anna.plan import load_plan, make_plan
+
+
+def test_short_form_plan_is_filled_in(sdxl_model, tmp_path):
+    inv = build_inventory(sdxl_model, "unet")
+    p = tmp_path / "ten.json"
+    p.write_text(json.dumps({"default": "fp8-moderate", "units": {"conv_in": "fp16", "conv_out": "fp16"}}))
+    plan = load_plan(p, inv)
+    assert len(plan.units) == len(inv.units)
+    assert plan.fp16_units == ["conv_in", "conv_out"]
+    assert plan.bytes == inv.plan_bytes(plan.units)
+    assert plan.size_ratio == pytest.approx(plan.bytes / inv.total_bytes_fp16)
+    saved = plan.save(tmp_path / "full.json")
+    again = load_plan(saved, inv)
+    assert again.units == plan.units and again.bytes == plan.bytes
+    assert json.loads(saved.read_text())["format_version"] == 1
+
+
+def test_bad_plans(sdxl_model, tiny, tmp_path):
+    inv = build_inventory(sdxl_model, "unet")
+    with pytest.raises(AnnaError, match="unknown option 'fp7'"):
+        make_plan(inv, {"conv_in": "fp7"})
+    with pytest.raises(AnnaError, match="another model"):
+        make_plan(inv, {"not.a.unit": "fp16"})
+    tiny_plan = make_plan(build_inventory(tiny, "unet"), {}, default="fp8-moderate")
+    path = tiny_plan.save(tmp_path / "tiny.json")
+    with pytest.raises(AnnaError, match="is for model 'tiny-sdxl'"):
+        load_plan(path, inv)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(AnnaError, match="not valid JSON"):
+        load_plan(bad, inv)
