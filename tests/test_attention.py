@@ -69,7 +69,6 @@ def test_identity_tap_matches_clip_and_bert(tiny):
 def test_tap_output_is_used(tiny):
     dec = tiny.component("vae_decoder")
     (unit,) = _attention_units(dec)
-    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     captured = {}
 
     def zero_probs(name, t):

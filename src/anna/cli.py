@@ -46,7 +46,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--model", "-m", "model_spec", required=True, help="tiny-sdxl, sdxl, a hub id or a local diffusers folder.")
+@click.option("--model", "-m", "model_spec", required=True, help="tiny-sdxl, sdxl, a hub id or a local diffusers dir.")
 @click.option("--component", "-c", default=None, help="unet (default), text_encoder, text_encoder_2 or vae_decoder.")
 @click.option("--include", multiple=True, help="Glob of unit names to keep (repeatable).")
 @click.option("--exclude", multiple=True, help="Glob of unit names to drop (repeatable).")
@@ -76,7 +76,8 @@ def inspect(model_spec: str, component: str | None, include: tuple[str, ...], ex
         + " ".join(f"{sums[o]:>16,}" for o in opts)
     )
     click.echo(
-        f"{'size ratio':<{width}}  {'':<9} {'':>12} " + " ".join(f"{sums[o] / inv.total_bytes_fp16:>16.4f}" for o in opts)
+        f"{'size ratio':<{width}}  {'':<9} {'':>12} "
+        + " ".join(f"{sums[o] / inv.total_bytes_fp16:>16.4f}" for o in opts)
     )
     kinds = {k: sum(1 for u in inv.units if u.kind == k) for k in ("conv", "attention", "linear")}
     click.echo(
@@ -88,7 +89,7 @@ def inspect(model_spec: str, component: str | None, include: tuple[str, ...], ex
 
 @cli.command()
 @click.option("--model", "-m", "model_spec", required=True, help="tiny-sdxl, a hub id or a local diffusers folder.")
-@click.option("--prompts", "-p", required=True, help="Text file, TSV with a caption column (FILE.tsv:A-B), or hf:DATASET[:N].")
+@click.option("--prompts", required=True, help="Text file, TSV with a caption column (FILE.tsv:A-B) or hf:DATASET[:N].")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
 @click.option("--checkpoint", default=None, help="A quantized checkpoint to generate with.")
 @click.option("--steps", type=int, default=None, help="Sampling steps (model default when omitted).")

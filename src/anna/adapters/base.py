@@ -49,7 +49,8 @@ class Model:
         """The component module, with a clear error for an unknown name."""
         name = name or self.default_component
         if name not in self.components:
-            raise AnnaError(f"unknown component '{name}' for model {self.name}; choose one of {', '.join(self.components)}")
+            known = ", ".join(self.components)
+            raise AnnaError(f"unknown component '{name}' for model {self.name}; choose one of {known}")
         return self.components[name]
 
     def require_weights(self, stage: str) -> None:
