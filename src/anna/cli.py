@@ -108,10 +108,145 @@ def generate(model_spec, prompts, out, checkpoint, steps, guidance, height, widt
     model.require_weights("generate")
     if checkpoint:
         from anna.export.checkpoint import load_checkpoint_into
+        from anna.export.onnx_runtime import is_onnx_checkpoint, load_onnx_checkpoint_into
 
-        load_checkpoint_into(model, checkpoint)
+        (load_onnx_checkpoint_into if is_onnx_checkpoint(checkpoint) else load_checkpoint_into)(model, checkpoint)
     paths = generate_to_dir(model, texts, out, _settings(model, steps, guidance, height, width), seed)
     click.echo(f"wrote {len(paths)} images to {Path(out)}")
+
+
+@cli.command(name="calibrate")
+@click.option("--model", "-m", "model_spec", required=True, help="tiny-sdxl, a hub id or a local diffusers folder.")
+@click.option("--prompts", "-p", required=True, help="Text file, TSV with a caption column, or hf:DATASET[:N].")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (one component)")
+@click.option("--component", "-c", default=None, help="unet (default), text_encoder, text_encoder_2 or vae_decoder.")
+@click.option("--steps", type=int, default=None, help="Sampling steps (model default when omitted; SDXL: 20).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (SDXL: 8.0).")
+@click.option("--height", type=int, default=None, help="Image height in pixels (SDXL: 1024).")
+@click.option("--width", type=int, default=None, help="Image width in pixels (SDXL: 1024).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i, as in generate.")
+@click.option("--cache-samples", type=int, default=8, show_default=True, help="Component inputs kept for later stages.")
+@click.option("--cache-steps", default="all", show_default=True, help="Steps to cache inputs at: 'all' or e.g. 0,5,10.")
+@click.option("--cache-mb", type=float, default=None, help="Byte limit of the input cache in MB (none by default).")
+@click.option("--include", multiple=True, help="Glob of unit names to observe (repeatable).")
+@click.option("--exclude", multiple=True, help="Glob of unit names to skip (repeatable).")
+@click.option("--checkpoint-seconds", type=float, default=10.0, show_default=True, help="Save interval; 0: per prompt.")
+@click.option("--buffer-mb", type=float, default=32.0, show_default=True, help="Staging of small activations; 0: none.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, height, width, seed, cache_samples,
+                  cache_steps, cache_mb, include, exclude, checkpoint_seconds, buffer_mb, quiet):
+    """Run the pipeline on the prompts and record, for every unit of one component, activation statistics (min, max,
+    absmax, percentiles 1/5/10/90/95/99 from bounded-memory histograms), per-channel weight absmax, and a few of the
+    component's own inputs. Writes RUN/run.json and RUN/calibration/. Resumes an interrupted run with the same settings;
+    a finished one returns at once."""
+    import time
+
+    from anna.adapters import load_model
+    from anna.calibrate import calibrate, load_run
+    from anna.prompts import load_prompts
+
+    steps_list = None
+    if cache_steps.strip().lower() != "all":
+        try:
+            steps_list = [int(s) for s in cache_steps.split(",") if s.strip()]
+        except ValueError:
+            raise AnnaError(f"--cache-steps must be 'all' or a comma list of integers, not '{cache_steps}'") from None
+    texts = load_prompts(prompts)
+    model = load_model(model_spec)
+    model.require_weights("calibrate")
+    t0 = time.perf_counter()
+    calibrate(model, run_dir, component=component, prompts=texts,
+              settings=_settings(model, steps, guidance, height, width), seed=seed, cache_samples=cache_samples,
+              progress=not quiet, include=include, exclude=exclude, cache_steps=steps_list, cache_mb=cache_mb,
+              checkpoint_seconds=checkpoint_seconds, buffer_mb=buffer_mb, log=lambda m: click.echo(m, err=True))
+    record = load_run(run_dir)
+    s = record["summary"]
+    click.echo(f"{model.name} / {record['component']}: {s['observed']} of {s['units']} units observed, "
+               f"{len(texts)} prompts, {s['cached_samples']} cached inputs ({s['cached_bytes'] / 2**20:.1f} MB), "
+               f"histograms {s['histogram_bytes'] / 2**20:.1f} MB, {time.perf_counter() - t0:.1f} s")
+    if s["unobserved"]:
+        click.echo(f"warning: {len(s['unobserved'])} units never ran: {', '.join(s['unobserved'][:5])}", err=True)
+    for nf in s["nonfinite"]:
+        click.echo(f"warning: {nf['count']} non-finite values at {nf['unit']} ({nf['activation']}), "
+                   f"first in item {nf['first_item']}; excluded from the statistics", err=True)
+    click.echo(f"wrote {Path(run_dir) / 'calibration'}")
+
+
+@cli.command(name="evaluate")
+@click.option("--model", "-m", "model_spec", required=True, help="tiny-sdxl, a hub id or a local diffusers folder.")
+@click.option("--checkpoint", "checkpoints", multiple=True, help="Checkpoint folder (repeatable; safetensors or ONNX).")
+@click.option("--prompts", "-p", required=True, help="Text file, TSV with a caption column (FILE.tsv:A-B), hf:DATASET.")
+@click.option("--metrics", default="mse,clip,fid", show_default=True, help="Any of mse, clip, fid.")
+@click.option("--steps", default=None, help="Comma-separated steps values, e.g. 1,2 (model default when omitted).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (model default).")
+@click.option("--height", type=int, default=None)
+@click.option("--width", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i, as in generate.")
+@click.option("--clip-model", default="openai/clip-vit-base-patch16", show_default=True, help="CLIP hub id or folder.")
+@click.option("--fid-weights", default=None, help="Inception state dict, or a TorchScript feature extractor file.")
+@click.option("--fid-reference", default=None, type=click.Path(file_okay=False), help="Reference image folder for FID.")
+@click.option("--component-calls", type=int, default=16, show_default=True, help="Component calls kept for its MSE.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for metrics.json and PNGs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def evaluate_cmd(model_spec, checkpoints, prompts, metrics, steps, guidance, height, width, seed, clip_model,
+                 fid_weights, fid_reference, component_calls, out, quiet):
+    """MSE (images and component), CLIP score and FID of checkpoints against the original, per steps value.
+
+    The published SDXL-Turbo split tests on COCO caption rows 1-100 (calibration: rows 1-50) at 1 and 2 steps:
+    --prompts ../shared/data/coco2014_val_captions.tsv:1-100 --steps 1,2. A metric that cannot run (no weights
+    offline) is null in metrics.json, with the reason beside it.
+    """
+    from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
+    from anna.prompts import load_prompts
+
+    config = EvalConfig(
+        metrics=parse_metrics(metrics), steps=parse_steps(steps) if steps else None, seed=seed, guidance=guidance,
+        height=height, width=width, clip_model=clip_model, fid_weights=fid_weights, fid_reference=fid_reference,
+        component_calls=component_calls,
+    )
+    result = evaluate(model_spec, list(checkpoints), load_prompts(prompts), out, config, prompts_spec=prompts,
+                      echo=print, progress=not quiet)
+    click.echo(f"wrote {Path(out) / 'metrics.json'}: {len(result['entries'])} entries, "
+               f"{len(result['original'])} original rows")
+
+
+@cli.command(name="select")
+@click.option("--eval", "eval_dir", required=True, type=click.Path(), help="Evaluation folder (or its metrics.json).")
+@click.option("--max-fid-increase", type=float, default=None, help="FID(checkpoint) - FID(original) at most this.")
+@click.option("--min-clip-delta", type=float, default=None, help="CLIP(checkpoint) - CLIP(original) at least this.")
+@click.option("--max-mse", type=float, default=None, help="Image MSE vs the original (0-255 scale) at most this.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write selected.json.")
+def select_cmd(eval_dir, max_fid_increase, min_clip_delta, max_mse, out):
+    """Pick the smallest checkpoint that meets every threshold at every evaluated steps value."""
+    from anna.evaluate.select import Thresholds, select_to_file
+
+    sel = select_to_file(eval_dir, Thresholds(max_fid_increase, min_clip_delta, max_mse), out)
+    click.echo(f"selected {sel.chosen.checkpoint}: {sel.reason}")
+    click.echo(f"wrote {out}")
+
+
+@cli.command(name="report")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--max-grids", type=int, default=12, show_default=True, help="Prompts shown as image grids.")
+def report_cmd(run_dir, max_grids):
+    """Write RUN/report.html: Pareto plot, predicted vs measured MSE, metrics table, selected plan, image grids."""
+    from anna.report import build_report
+
+    click.echo(f"wrote {build_report(run_dir, max_grids=max_grids)}")
+
+
+@cli.command(name="export")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Calibration run directory.")
+@click.option("--plan", "plan_path", required=True, help="Plan JSON (full or short form; relative to --run if not found).")
+@click.option("--format", "fmt", default="safetensors", show_default=True, help="safetensors or onnx-qdq.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
+def export_cmd(run_dir, plan_path, fmt, out):
+    """Apply a plan to the run's model with its calibration statistics and write a checkpoint (model.safetensors +
+    plan.json for safetensors)."""
+    from anna.export.formats import export
+
+    export(fmt, run_dir, plan_path, out)
+    click.echo(f"wrote {Path(out)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from anna.calibrate import histogram as histogram_module
 from anna.calibrate.histogram import (
     PERCENTILES,
     ActStats,
@@ -17,7 +18,6 @@ from anna.calibrate.histogram import (
     PerChannelAbsMax,
     StreamingHistogram,
 )
-from anna.calibrate.histogram import _count_bins_histc as count_bins_histc
 
 QS = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
 SEEDS = (0, 1, 2)
@@ -142,9 +142,11 @@ def _state_equal(a: StreamingHistogram, b: StreamingHistogram) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["heavy", "growing"])
-def test_merge_equals_collecting_all_at_once(kind: str) -> None:
+def test_merge_equals_collecting_all_at_once(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     batches = _batches(kind, 5)
-    whole = _collect([torch.cat([x.reshape(-1) for x in batches])])
+    with monkeypatch.context() as patch:
+        patch.setattr(histogram_module, "_SMALL", 0)  # one big tensor: the pattern-table path
+        whole = _collect([torch.cat([x.reshape(-1) for x in batches])])
     sequential = _collect(batches)
     parts = [_collect(batches[i::3]) for i in range(3)]  # different windows per part
     merged = StreamingHistogram()
@@ -245,12 +247,65 @@ def test_half_precision_inputs(dtype: torch.dtype) -> None:
     _assert_within_bin(h, s, exact)
 
 
-def test_histc_binning_matches_bincount() -> None:
-    """The CUDA binning path (float32 histc) counts integer bins exactly like bincount (checked here on CPU)."""
-    nbins = 2 * (30 * 128 + 2)
-    idx = torch.randint(0, nbins, (200_000,), generator=torch.Generator().manual_seed(10), dtype=torch.int32)
-    idx[:3] = torch.tensor([0, nbins - 1, nbins - 1], dtype=torch.int32)
-    assert torch.equal(count_bins_histc(idx, nbins), torch.bincount(idx, minlength=nbins))
+def test_sync_free_path_matches_cpu_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accelerator path (histc binning, branch-free min/max) gives the CPU path's state, checked here on CPU."""
+    batches = _batches("heavy", 10)
+    batches[3] = batches[3].clone().reshape(-1)
+    batches[3][[0, 7]] = torch.tensor([math.nan, -math.inf])
+    batches += [batches[1].half(), batches[2].bfloat16(), torch.full((5,), math.inf)]
+    cpu = _collect(batches)
+    monkeypatch.setattr(histogram_module, "_sync_free", lambda device: True)
+    sync_free = _collect(batches)
+    assert _state_equal(cpu, sync_free)
+    assert sync_free.nonfinite == 7
+
+
+def test_chunking_of_large_tensors_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = _batches("growing", 16)
+    whole = _collect(batches)
+    monkeypatch.setattr(histogram_module, "_CHUNK", 999)  # every batch split into chunks, windows slide between
+    assert _state_equal(whole, _collect(batches))
+
+
+def test_collect_inside_and_outside_inference_mode() -> None:
+    g = torch.Generator().manual_seed(15)
+    batches = [torch.randn(300, generator=g) * 4.0**k for k in range(4)]
+    h = StreamingHistogram()
+    with torch.inference_mode():
+        h.collect(batches[0])
+    h.collect(batches[1])
+    with torch.inference_mode():
+        h.collect(batches[2])
+    h.collect(batches[3])
+    assert _state_equal(h, _collect(batches))
+
+
+def _special_values(dtype: torch.dtype) -> torch.Tensor:
+    info = torch.finfo(dtype)
+    special = [0.0, -0.0, info.tiny, -info.tiny, info.tiny / 4, info.max, -info.max, info.eps, 1.0, -1.0]
+    special += [math.nan, -math.nan, math.inf, -math.inf]
+    g = torch.Generator().manual_seed(14)
+    span = 12 if dtype == torch.float16 else 30  # binades either side of 1, inside the dtype's range
+    bulk = torch.randn(40000, generator=g) * torch.exp2(torch.randint(-span, span, (40000,), generator=g).float())
+    return torch.cat([torch.tensor(special), bulk]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_table_and_arithmetic_binning_agree(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """Pattern-table binning (large tensors) == bit-arithmetic binning (small ones), edge values included."""
+    x = _special_values(dtype)
+    states = []
+    for small in (0, 1 << 30):
+        for sync_free in (False, True):
+            monkeypatch.setattr(histogram_module, "_SMALL", small)
+            monkeypatch.setattr(histogram_module, "_sync_free", lambda device, flag=sync_free: flag)
+            states.append(_collect([x[:7], x[7:20000], x[20000:]]))
+    assert all(_state_equal(states[0], other) for other in states[1:])
+    s = states[0].compute()
+    assert s.nonfinite == 4 and s.count == x.numel() - 4
+    finite = x[torch.isfinite(x)].double()
+    assert (s.min, s.max) == (float(finite.min()), float(finite.max()))
+    _assert_monotone(s)
 
 
 @pytest.mark.gpu

@@ -124,11 +124,12 @@ def build_error_model(
     on_unit: Callable[[ErrorModel, int], None] | None = None,
     component: nn.Module | None = None,
     fisher_samples: int = 0,
+    grad_run: Runner | None = None,
 ) -> ErrorModel:
     """One component run per (unit, option, sample) plus the reference run. `state`/`done` resume a partial model;
     `on_unit(model, units_done)` is called after each unit (to checkpoint). With `component` and `fisher_samples`,
     the Fisher score of every unit-option is measured on the first samples in the same runs (one extra
-    forward+backward per probed sample)."""
+    forward+backward per probed sample, through `grad_run` when `run` records no autograd graph)."""
     if options[0] != "fp16":
         raise ValueError("options[0] must be fp16")
     refs = reference_outputs(run, samples)
@@ -144,7 +145,7 @@ def build_error_model(
     )
     probe = None
     if component is not None and fisher_samples > 0:
-        probe = fisher.probe(component, run, samples[:fisher_samples], units, seed)
+        probe = fisher.probe(component, grad_run or run, samples[:fisher_samples], units, seed)
         if em.fisher is None:
             em.fisher = np.zeros((n, m))
     bar = tqdm(total=n * (m - 1), initial=done * (m - 1), desc="analyze", unit="unit-option", disable=not progress)

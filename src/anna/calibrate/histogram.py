@@ -2,11 +2,13 @@
 
 Design: a log-magnitude histogram on the float32 bit pattern with a sliding exponent window.
 
-- **Binning.** A finite value ``x`` (converted to float32, exact for fp16/bf16) is binned by its sign and by the top
-  ``15 - (7 - m)`` bits of ``|x|``'s float32 pattern: the 8 exponent bits plus the top ``m`` mantissa bits (default
-  ``m = 7``, exactly bfloat16 truncation). The bin index is two integer ops on the bits (and, shift), no ``log`` and
-  no search, and the binning runs on the tensor's own device (``bincount`` on CPU, ``histc`` on CUDA, which unlike
-  ``bincount`` needs no device sync to size its output).
+- **Binning.** A finite value is binned by its sign and by the float32 exponent and top ``m`` mantissa bits of its
+  magnitude (default ``m = 7``: exactly bfloat16 truncation). That is a function of the value's top 16 bits only
+  (its whole bit pattern for fp16/bf16), so a collect reads each value's 16-bit head pattern with two integer ops
+  and counts them (``bincount`` over the 65,536 patterns on CPU, then folded into the bins through a 65,536-entry
+  table); on accelerators the table is gathered per element and counted with ``histc``, which unlike ``bincount``
+  needs no device sync to size its output. Tensors under 256k elements skip the table and bin by bit arithmetic.
+  No ``log``, no search, no Python loop over elements, all on the tensor's own device.
 - **Precision.** A bin in binade ``[2^e, 2^(e+1))`` has width ``2^(e-m)``: its width is at most ``2^-m`` (0.78 %)
   of any value in it, at any magnitude. This is what a fixed-range linear histogram cannot give: with the bulk at
   N(0, 1) and outliers up to 2000, a linear histogram with as many bins as this one (7,682) over
@@ -24,11 +26,12 @@ Design: a log-magnitude histogram on the float32 bit pattern with a sliding expo
   estimate lies in the bin that holds the order statistic at that rank, so it is within that bin's width of the exact
   quantile (when neighbouring order statistics share a bin, as they do on continuous data), and it is monotone in
   ``q``. min, max and absmax are exact (as float32).
-- **Memory** is fixed: ``2 * (W * 2^m + 1)`` int64 counts (61,456 bytes for the defaults) plus five scalars, whatever
+- **Memory** is fixed: ``2 * (W * 2^m + 1)`` int64 counts (61,456 bytes for the defaults) plus four scalars, whatever
   the number of batches; no activation is stored. Large tensors are binned in chunks of at most ``2^24`` elements,
-  which bounds the temporaries and keeps CUDA's float32 ``histc`` counts exact.
-- **Cost.** ``collect`` issues a fixed number of elementwise passes and small fixed-size ops with no ``.item()``
-  sync (in ``on_nonfinite="count"`` mode); ``compute`` syncs once.
+  which bounds the temporaries and keeps the float32 ``histc`` counts exact. The pattern tables are shared by all
+  observers (512 KB per input dtype and device).
+- **Cost.** ``collect`` makes about four elementwise passes (min/max, head pattern, count) plus a fixed number of
+  small ops, and on accelerators no host sync in ``on_nonfinite="count"`` mode; ``compute`` syncs once.
 
 Non-finite values (NaN, +-Inf) never enter the histogram or min/max: they are counted (``nonfinite``), or with
 ``on_nonfinite="raise"`` rejected with :class:`NonFiniteActivation` before any state changes (one sync per call).
@@ -61,6 +64,7 @@ PERCENTILES: tuple[int, ...] = (1, 5, 10, 90, 95, 99)
 OnNonFinite = Literal["count", "raise"]
 
 _CHUNK = 1 << 24  # elements per binning pass: float32 histc counts stay exact, temporaries stay bounded
+_SMALL = 1 << 18  # below this many elements, bin by bit arithmetic: the 65,536-pattern table costs more
 _ABS_MASK = 0x7FFFFFFF
 _INF = math.inf
 
@@ -126,16 +130,98 @@ def _raise_if_nonfinite(x: Tensor) -> None:
     )
 
 
-def _count_bins_histc(idx: Tensor, nbins: int) -> Tensor:
-    """int64 counts of the integers ``idx`` in ``[0, nbins)`` via float32 ``histc`` (exact for <= 2^24 elements)."""
-    return torch.histc(idx.float(), bins=nbins, min=-0.5, max=nbins - 0.5).long()
+_NATIVE_16 = (torch.float16, torch.bfloat16)
+_PATTERNS: dict[tuple[torch.dtype, torch.device, int, int], tuple[Tensor, Tensor]] = {}
+_ARANGES: dict[tuple[torch.device, int], Tensor] = {}
 
 
-def _count_bins(idx: Tensor, nbins: int) -> Tensor:
-    """int64 counts of the integers ``idx`` in ``[0, nbins)``, with no device sync on CUDA."""
-    if idx.is_cuda:  # histc sizes its output from its arguments; bincount syncs to read idx.max()
-        return _count_bins_histc(idx, nbins)
+def _arange(n: int, device: torch.device) -> Tensor:
+    """Cached int32 ``arange(n)`` on ``device``."""
+    if (device, n) not in _ARANGES:
+        _ARANGES[device, n] = torch.arange(n, dtype=torch.int32, device=device)
+    return _ARANGES[device, n]
+
+
+def _sync_free(device: torch.device) -> bool:
+    """Whether to bin without any host sync (accelerators) rather than with the faster CPU kernels."""
+    return device.type != "cpu"
+
+
+def _heads(x: Tensor) -> Tensor:
+    """Each value's 16-bit head pattern as int32 in [0, 65536): all of an fp16/bf16 value, float32's top 16 bits."""
+    if x.dtype in _NATIVE_16:
+        return x.view(torch.int16).int().bitwise_and_(0xFFFF)
+    return x.view(torch.int32).bitwise_right_shift(16).bitwise_and_(0xFFFF)
+
+
+def _pattern_keys(dtype: torch.dtype, device: torch.device, m: int, half: int) -> tuple[Tensor, Tensor]:
+    """For each of the 65,536 head patterns of ``dtype``: the float32 magnitude key, and the sign's row offset.
+
+    The magnitude key is ``|value|``'s float32 bits shifted right by ``23 - m`` (exponent and top ``m`` mantissa
+    bits; ``>= 255 << m`` for NaN/Inf), the sign offset is ``half + 1`` where the sign bit is set, else 0. A float32
+    value's bin depends on its top 16 bits only, since ``m <= 7``. Cached per (dtype, device, m, half): 512 KB.
+    """
+    cache_key = (dtype, device, m, half)
+    if cache_key not in _PATTERNS:
+        pats = torch.arange(1 << 16, dtype=torch.int64)
+        if dtype in _NATIVE_16:
+            values = torch.where(pats >= 1 << 15, pats - (1 << 16), pats).to(torch.int16).view(dtype).float()
+        else:
+            bits = pats << 16
+            values = torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32).view(torch.float32)
+        bits32 = values.view(torch.int32)
+        key = torch.bitwise_and(bits32, _ABS_MASK).bitwise_right_shift_(23 - m)
+        sign_offset = (bits32 < 0).int() * (half + 1)
+        _PATTERNS[cache_key] = (key.to(device), sign_offset.to(device))
+    return _PATTERNS[cache_key]
+
+
+def _count_bins(idx: Tensor, nbins: int, sync_free: bool) -> Tensor:
+    """int64 counts of the integer-valued ``idx`` over ``[0, nbins)``.
+
+    Accelerators use float32 ``histc``, which sizes its output from its arguments (``bincount`` syncs to read the
+    input's max) and counts exactly for chunks of up to 2^24 elements; the CPU uses ``bincount``, and so does CUDA
+    under ``torch.use_deterministic_algorithms`` (where its ``histc`` raises; the counts are exact either way).
+    """
+    if sync_free and not torch.are_deterministic_algorithms_enabled():
+        return torch.histc(idx.float(), bins=nbins, min=-0.5, max=nbins - 0.5).long()
     return torch.bincount(idx, minlength=nbins)
+
+
+def _bin_direct(x: Tensor, low_key: Tensor, m: int, half: int, sync_free: bool) -> Tensor:
+    """Counts per bin by bit arithmetic: ``2 * (half + 1)``, rows [positive, negative] x [magnitudes, non-finite]."""
+    bits = x.float().contiguous().view(torch.int32)
+    idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m)
+    idx.sub_(low_key).clamp_(0, half)
+    idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half + 1))
+    return _count_bins(idx, 2 * (half + 1), sync_free)
+
+
+def _bin_table(x: Tensor, low_key: Tensor, m: int, half: int, sync_free: bool) -> Tensor:
+    """Same counts as :func:`_bin_direct`, through a table over the 65,536 head patterns: fewer passes per element.
+
+    CPU: ``bincount`` over the patterns, then the pattern histogram is folded through the table. Accelerators: the
+    table is gathered per element and the bin indices counted.
+    """
+    key, sign_offset = _pattern_keys(x.dtype, x.device, m, half)
+    table = (key - low_key).clamp_(0, half).add_(sign_offset)
+    heads = _heads(x)
+    nbins = 2 * (half + 1)
+    if sync_free:
+        return _count_bins(table.index_select(0, heads), nbins, sync_free)
+    per_pattern = torch.bincount(heads, minlength=1 << 16)
+    return torch.zeros(nbins, dtype=torch.int64, device=x.device).index_add_(0, table, per_pattern)
+
+
+def _finite_min_max(x: Tensor, sync_free: bool) -> tuple[Tensor, Tensor]:
+    """Exact min and max of ``x``'s finite values (+inf and -inf when it has none), as 0-dim tensors of x's dtype."""
+    if not sync_free:  # one fused pass; the rare non-finite case takes the masked path below
+        lo, hi = torch.aminmax(x)
+        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+            return lo, hi
+    lo = x.nan_to_num(nan=_INF, posinf=_INF, neginf=_INF).amin()
+    hi = x.nan_to_num(nan=-_INF, posinf=-_INF, neginf=-_INF).amax()
+    return lo, hi
 
 
 def _as_float_tensor(x: Tensor) -> Tensor:
@@ -149,14 +235,14 @@ def _as_float_tensor(x: Tensor) -> Tensor:
 class StreamingHistogram:
     """Streaming min/max/absmax and percentiles of activations, in fixed memory.
 
-    ``collect(x)`` for each batch (any shape, fp32/fp16/bf16, CPU or CUDA), then ``compute()`` gives an
-    :class:`ActStats`. See the module docstring for the binning and its precision.
+    ``collect(x)`` for each batch (any shape, fp32/fp16/bf16, CPU or CUDA; other float dtypes are rounded to
+    float32), then ``compute()`` gives an :class:`ActStats`. See the module docstring for the binning and precision.
     """
 
     def __init__(self, mantissa_bits: int = 7, exponent_window: int = 30, on_nonfinite: OnNonFinite = "count") -> None:
         """``mantissa_bits``: relative bin width ``2^-m``; ``exponent_window``: binades kept below the top."""
-        if not 0 <= mantissa_bits <= 23:
-            raise ValueError(f"mantissa_bits must be in 0..23, not {mantissa_bits}")
+        if not 0 <= mantissa_bits <= 7:
+            raise ValueError(f"mantissa_bits must be in 0..7, not {mantissa_bits}")
         if not 1 <= exponent_window <= 254:
             raise ValueError(f"exponent_window must be in 1..254, not {exponent_window}")
         _check_mode(on_nonfinite)
@@ -173,7 +259,7 @@ class StreamingHistogram:
         """Forget everything collected (keeps the device)."""
         dev = self._device
         self._counts = torch.zeros(2, self._half, dtype=torch.int64, device=dev)  # [positive, negative] x magnitude
-        self._top = torch.zeros((), dtype=torch.int64, device=dev)  # biased float32 exponent of the window's top
+        self._top = torch.zeros((), dtype=torch.int32, device=dev)  # biased float32 exponent of the window's top
         self._min = torch.full((), _INF, dtype=torch.float32, device=dev)
         self._max = torch.full((), -_INF, dtype=torch.float32, device=dev)
         self._nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
@@ -206,14 +292,11 @@ class StreamingHistogram:
     def _slide(self, counts: Tensor, top: Tensor, new_top: Tensor) -> Tensor:
         """Counts re-binned from the window ending at binade ``top`` to the one ending at ``new_top >= top``.
 
-        Branch-free (no sync): bins that leave the window are summed into the underflow bin, the rest move down.
+        Branch-free (no sync): the bins that leave the window add into the underflow bin, the rest move down.
         """
-        half = self._half
-        shift = ((new_top - top) << self.mantissa_bits).clamp(max=half - 1).reshape(1)
-        underflow = counts.cumsum(1).index_select(1, shift)
-        src = torch.arange(1, half, device=counts.device) + shift
-        body = counts.index_select(1, src.clamp(max=half - 1)) * (src < half)
-        return torch.cat([underflow, body], dim=1)
+        shift = (new_top - top) << self.mantissa_bits
+        dest = (_arange(self._half, counts.device) - shift).clamp_(min=0)
+        return torch.zeros_like(counts).index_add_(1, dest, counts)
 
     # -- collect ---------------------------------------------------------------------------------------------------
 
@@ -231,24 +314,23 @@ class StreamingHistogram:
 
     def _collect_chunk(self, chunk: Tensor) -> None:
         m, half = self.mantissa_bits, self._half
-        xf = chunk.float().contiguous()
-        # exact finite min/max: non-finite values replaced by the reduction's identity
-        lo = xf.nan_to_num(nan=_INF, posinf=_INF, neginf=_INF).amin()
-        hi = xf.nan_to_num(nan=-_INF, posinf=-_INF, neginf=-_INF).amax()
+        if chunk.dtype not in (torch.float32, *_NATIVE_16):
+            chunk = chunk.float()  # float64 and others: rounded to float32
+        chunk = chunk.contiguous()
+        sync_free = _sync_free(chunk.device)
+        lo, hi = _finite_min_max(chunk, sync_free)
         self._min = torch.minimum(self._min, lo)
         self._max = torch.maximum(self._max, hi)
-        # slide the window up to this chunk's largest binade
-        absmax = torch.maximum(hi, -lo).clamp_min(0.0)
-        new_top = torch.maximum(self._top, (absmax.view(torch.int32) >> 23).long())
-        self._counts = self._slide(self._counts, self._top, new_top)
-        self._top = new_top
-        # bin index: magnitude key relative to the window (0 = underflow, half = non-finite), plus sign offset
-        bits = xf.view(torch.int32)
-        key = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m)
-        low_key = ((new_top - self.exponent_window + 1) << m) - 1
-        idx = key.sub_(low_key.to(torch.int32)).clamp_(0, half)
-        idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half + 1))  # negatives (sign bit set) in the second row
-        hist = _count_bins(idx, 2 * (half + 1)).view(2, half + 1)
+        # the window's top is the binade of the running absmax (-1 from -inf while nothing finite was seen)
+        top_now = torch.maximum(self._max, -self._min).view(torch.int32) >> 23
+        new_top = torch.maximum(self._top, top_now)
+        if sync_free or bool(new_top != self._top):  # on the CPU the check is free and saves the slide
+            self._counts = self._slide(self._counts, self._top, new_top)
+            self._top = new_top
+        # bin index: magnitude key relative to the window (0 = underflow, half = non-finite), plus the sign's row
+        low_key = ((new_top - (self.exponent_window - 1)) << m) - 1
+        binner = _bin_direct if chunk.numel() < _SMALL else _bin_table
+        hist = binner(chunk, low_key, m, half, sync_free).view(2, half + 1)
         self._counts = self._counts + hist[:, :half]
         self._nonfinite = self._nonfinite + hist[:, half].sum()
 
@@ -301,7 +383,7 @@ class StreamingHistogram:
         if tuple(counts.shape) != (2, obs._half):
             raise ValueError(f"StreamingHistogram counts have shape {tuple(counts.shape)}, expected {(2, obs._half)}")
         obs._counts = counts.to(torch.int64).clone()
-        obs._top = state["top"].to(torch.int64).reshape(()).clone()
+        obs._top = state["top"].to(torch.int32).reshape(()).clone()
         obs._min = state["min"].to(torch.float32).reshape(()).clone()
         obs._max = state["max"].to(torch.float32).reshape(()).clone()
         obs._nonfinite = state["nonfinite"].to(torch.int64).reshape(()).clone()

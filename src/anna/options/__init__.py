@@ -1,5 +1,31 @@
-"""The bag of options. Concrete options live in their own modules and register themselves by name."""
+"""The bag of options. Concrete options live in their own modules and register themselves by name.
 
-from anna.options.registry import DEFAULT_BAG, FP16, Option, Storage, get_option, option_names, parse_bag, register_option
+`anna.options.apply.apply` quantizes a component as a plan says; it is not imported here (it needs the plan module,
+which itself needs the registry).
+"""
 
-__all__ = ["DEFAULT_BAG", "FP16", "Option", "Storage", "get_option", "option_names", "parse_bag", "register_option"]
+from anna.options.registry import (
+    DEFAULT_BAG,
+    FP16,
+    Option,
+    QuantOption,
+    Storage,
+    get_option,
+    option_names,
+    parse_bag,
+    quant_option,
+    register_option,
+)
+
+__all__ = [
+    "DEFAULT_BAG",
+    "FP16",
+    "Option",
+    "QuantOption",
+    "Storage",
+    "get_option",
+    "option_names",
+    "parse_bag",
+    "quant_option",
+    "register_option",
+]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from anna.calibrate.histogram import ActStats
+from anna.errors import AnnaError
+from anna.options.base import QuantizingOption
 from anna.options.registry import Storage, register_option
+from anna.options.schemes import FP8Scheme
 
 # 1 byte per weight; one fp32 scale per output channel; one fp32 scale per activation tensor.
 FP8_STORAGE = Storage(weight_bytes=1, channel_bytes=4, activation_bytes=4)
@@ -18,10 +22,23 @@ class FP8Config:
 
 
 @dataclass(frozen=True)
-class FP8Option:
+class FP8Option(QuantizingOption):
+    """Symmetric FP8: weight scale per channel ``absmax / 448``; activation scale ``max(|lo|, |hi|) / 448``."""
+
     name: str
     config: FP8Config
     storage: Storage = FP8_STORAGE
+    scheme: FP8Scheme = field(default_factory=FP8Scheme)
+
+    def activation_range(self, stats: ActStats) -> tuple[float, float]:
+        p = self.config.percentile
+        if p is None:
+            return float(stats.min), float(stats.max)
+        lo_key, hi_key = f"{p:g}", f"{100 - p:g}"
+        if lo_key not in stats.percentiles or hi_key not in stats.percentiles:
+            raise AnnaError(f"{self.name} needs the {lo_key}th and {hi_key}th percentiles; the statistics hold "
+                            f"{sorted(stats.percentiles, key=float)}")
+        return float(stats.percentiles[lo_key]), float(stats.percentiles[hi_key])
 
 
 @register_option("fp8-absmax")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from anna.calibrate.histogram import ActStats
+from anna.options.base import QuantizingOption
 from anna.options.registry import Storage, register_option
+from anna.options.schemes import UIntScheme
 
 # 1 byte per weight; per output channel an fp32 scale and a uint8 zero point; per activation an fp32 scale and a
 # uint16 zero point.
@@ -18,10 +21,21 @@ class QDQConfig:
 
 
 @dataclass(frozen=True)
-class QDQOption:
+class QDQOption(QuantizingOption):
+    """Asymmetric MinMax: weights per output channel, activations per tensor over the full calibrated range."""
+
     name: str
     config: QDQConfig
     storage: Storage = QDQ_STORAGE
+    scheme: UIntScheme = field(default_factory=UIntScheme)
+
+    def __post_init__(self) -> None:
+        want = UIntScheme(self.config.weight_bits, self.config.activation_bits)
+        if self.scheme != want:
+            object.__setattr__(self, "scheme", want)
+
+    def activation_range(self, stats: ActStats) -> tuple[float, float]:
+        return float(stats.min), float(stats.max)
 
 
 @register_option("qdq-u8u16")

@@ -42,6 +42,31 @@ class Option(Protocol):
     config: Any
 
 
+@runtime_checkable
+class QuantOption(Option, Protocol):
+    """An option that quantizes units (every registered option but `fp16`).
+
+    `quantize(module, kind, stats, where)` turns a unit and its calibration statistics (ActStats per activation name
+    of `ACTIVATIONS[kind]`) into the quantized unit's stored tensors; `wrap(module, kind, state, where)` builds the
+    quantized unit from the original module and those tensors (on apply, and again on loading a checkpoint);
+    `activation_range(stats)` is the [lo, hi] range it quantizes one activation to.
+    """
+
+    def activation_range(self, stats: Any) -> tuple[float, float]: ...
+
+    def quantize(self, module: Any, kind: str, stats: Any, where: str = "unit") -> dict[str, Any]: ...
+
+    def wrap(self, module: Any, kind: str, state: Any, where: str = "unit") -> Any: ...
+
+
+def quant_option(name: str) -> QuantOption:
+    """The registered option `name`, which must quantize (not `fp16`)."""
+    opt = get_option(name)
+    if opt.storage is None or not isinstance(opt, QuantOption):
+        raise AnnaError(f"option '{name}' does not quantize")
+    return opt
+
+
 @dataclass(frozen=True)
 class FP16Option:
     name: str = FP16

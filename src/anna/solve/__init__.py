@@ -1,9 +1,11 @@
 """The solver: one option per unit under a byte budget, minimising the predicted MSE. numpy only, no torch."""
 
-
+from anna.solve.baselines import fisher, greedy_diagonal, random_plan, uniform
 from anna.solve.dp import (
     DEFAULT_BINS,
     DEFAULT_MAX_ITERS,
+    DEFAULT_RELAX,
+    DEFAULT_SEARCH,
     InfeasibleBudget,
     Solution,
     min_bytes,
@@ -18,6 +20,8 @@ from anna.solve.dp import (
 __all__ = [
     "DEFAULT_BINS",
     "DEFAULT_MAX_ITERS",
+    "DEFAULT_RELAX",
+    "DEFAULT_SEARCH",
     "InfeasibleBudget",
     "Solution",
     "fisher",

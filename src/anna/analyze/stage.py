@@ -1,0 +1,242 @@
+"""`anna analyze`: build the error model of a calibrated run, validate it on random plans, write `RUN/analysis/`.
+
+Artifacts: `analysis/error_model.json` (units, options, sizes, settings), `analysis/error_model.safetensors` (exact
+per-unit MSEs, delta sketches, Fisher scores) and `analysis/validation.json` (predicted against measured MSE).
+A partial model is checkpointed after every unit, so an interrupted analysis resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anna.adapters.base import Model
+from anna.analyze.batching import merge_samples
+from anna.analyze.error_model import ErrorModel, build_error_model, measured_mse, reference_outputs
+from anna.analyze.quantizer import UnitQuantizer
+from anna.analyze.validate import measure_plans, random_plans, validation_report
+from anna.artifacts import read_json, read_tensors, write_json, write_tensors
+from anna.errors import AnnaError
+from anna.inventory import Inventory, build_inventory
+from anna.options.registry import DEFAULT_BAG, parse_bag
+
+ANALYSIS = "analysis"
+
+
+@dataclass
+class Analysis:
+    """What search needs: the error model, the units' sizes per option, and the component's byte totals."""
+
+    model: str
+    component: str
+    error_model: ErrorModel
+    sizes: np.ndarray  # (n, m) int64 bytes, options in error_model.options order
+    base_bytes: int
+    total_bytes_fp16: int
+
+    def size_ratio(self, choice: np.ndarray) -> float:
+        rows = np.arange(len(choice))
+        return float((self.base_bytes + self.sizes[rows, choice].sum()) / self.total_bytes_fp16)
+
+
+@dataclass
+class Trial:
+    """A loaded run ready for trials: runs the component on the cached inputs, quantized as asked."""
+
+    model: Model
+    component: str
+    inventory: Inventory
+    units: list[str]
+    samples: list[Any]
+    quantizer: UnitQuantizer
+
+    def run(self, sample: Any) -> torch.Tensor:
+        from anna.calibrate import run_component
+
+        return run_component(self.model, self.component, sample)
+
+    def run_with_grad(self, sample: Any) -> torch.Tensor:
+        from anna.calibrate import run_component
+
+        return run_component(self.model, self.component, sample, grad=True)
+
+    def assignment(self, options: Sequence[str], choice: np.ndarray) -> dict[str, str]:
+        return {u: options[c] for u, c in zip(self.units, choice, strict=True)}
+
+
+def open_trial(run_dir: str | Path, model: Model | None = None, max_batch: int = 16) -> Trial:
+    """Load the run's model (from run.json unless given), statistics and cached inputs."""
+    from anna.adapters import load_model
+    from anna.calibrate import load_cached_inputs, load_run, load_stats
+
+    run = load_run(run_dir)
+    if model is None:
+        model = load_model(run["model"])
+    elif model.name != run["model"]:
+        raise AnnaError(f"run {run_dir} was calibrated on '{run['model']}', not '{model.name}'")
+    model.require_weights("analyze")
+    component = run["component"]
+    stats = load_stats(run_dir)
+    inventory = build_inventory(model, component)
+    units = [u.name for u in inventory.units if u.name in stats]
+    if not units:
+        raise AnnaError(f"run {run_dir} has no calibrated units")
+    samples = merge_samples(load_cached_inputs(run_dir), max_batch)
+    if not samples:
+        raise AnnaError(f"run {run_dir} has no cached component inputs: recalibrate with --cache-samples >= 1")
+    module = model.component(component)
+    return Trial(model, component, inventory, units, samples, UnitQuantizer(module, stats))
+
+
+def _sizes(inventory: Inventory, units: Sequence[str], options: Sequence[str]) -> tuple[np.ndarray, int]:
+    rows = [inventory.unit(u).bytes for u in units]
+    sizes = np.array([[b[o] for o in options] for b in rows], dtype=np.int64)
+    return sizes, inventory.total_bytes_fp16 - int(sizes[:, 0].sum())
+
+
+def _config_id(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def analyze(
+    run_dir: str | Path,
+    *,
+    model: Model | None = None,
+    bag: Sequence[str] | None = None,
+    sketch_k: int = 1024,
+    fisher_samples: int = 1,
+    validate: int = 30,
+    size_range: tuple[float, float] = (0.50, 0.60),
+    seed: int = 0,
+    progress: bool = True,
+    echo: Callable[[str], Any] | None = print,
+) -> Path:
+    """Build, validate and save the error model of `run_dir`; returns the analysis folder."""
+    start = time.time()
+    run_dir = Path(run_dir)
+    out = run_dir / ANALYSIS
+    options = parse_bag(",".join(bag) if bag else ",".join(DEFAULT_BAG))
+    trial = open_trial(run_dir, model)
+    config = {
+        "model": trial.model.name,
+        "component": trial.component,
+        "units": trial.units,
+        "options": options,
+        "sketch_k": sketch_k,
+        "fisher_samples": fisher_samples,
+        "samples": len(trial.samples),
+        "seed": seed,
+    }
+    config_id = _config_id(config)
+    state, done = _load_partial(out, config, config_id)
+    if done and echo:
+        echo(f"resuming analysis after {done} of {len(trial.units)} units")
+
+    def checkpoint(em: ErrorModel, units_done: int) -> None:
+        write_tensors(out / "partial.safetensors", em.to_tensors())
+        write_json(out / "partial.json", {"config_id": config_id, "done": units_done, "n_elements": em.n_elements})
+
+    em = build_error_model(
+        trial.run,
+        trial.samples,
+        trial.units,
+        options,
+        trial.quantizer,
+        sketch_k=sketch_k,
+        seed=seed,
+        progress=progress,
+        state=state,
+        done=done,
+        on_unit=checkpoint,
+        component=trial.model.component(trial.component),
+        fisher_samples=min(fisher_samples, len(trial.samples)),
+        grad_run=trial.run_with_grad,
+    )
+    sizes, base = _sizes(trial.inventory, trial.units, options)
+    analysis = Analysis(trial.model.name, trial.component, em, sizes, base, trial.inventory.total_bytes_fp16)
+    write_tensors(out / "error_model.safetensors", em.to_tensors())
+    write_json(
+        out / "error_model.json",
+        {
+            **config,
+            "config_id": config_id,
+            "n_elements": em.n_elements,
+            "sizes": sizes.tolist(),
+            "base_bytes": base,
+            "total_bytes_fp16": trial.inventory.total_bytes_fp16,
+            "nonfinite": [
+                f"{u}:{o}"
+                for i, u in enumerate(trial.units)
+                for j, o in enumerate(options)
+                if not np.isfinite(em.diag[i, j])
+            ],
+            "seconds": round(time.time() - start, 2),
+        },
+    )
+    for name in ("partial.safetensors", "partial.json"):
+        (out / name).unlink(missing_ok=True)
+    if validate > 0:
+        report = validate_model(trial, analysis, validate, size_range, seed)
+        write_json(out / "validation.json", report)
+        if echo:
+            echo(
+                f"validation on {report['n_plans']} random plans: Spearman {report['spearman']:.3f}, "
+                f"R^2 {report['r2']:.3f} (after scale {report['scale']:.3f}: {report['r2_scaled']:.3f})"
+            )
+    if echo:
+        echo(f"analysis of {len(trial.units)} units x {len(options) - 1} options written to {out}")
+    return out
+
+
+def validate_model(trial: Trial, analysis: Analysis, n: int, size_range: tuple[float, float], seed: int) -> dict:
+    """Measure `n` random plans whose target sizes span `size_range` (clipped to what is feasible)."""
+    em = analysis.error_model
+    lo_feasible = analysis.size_ratio(analysis.sizes.argmin(1))
+    lo, hi = max(size_range[0], lo_feasible), max(size_range[1], lo_feasible)
+    plans = random_plans(analysis.sizes, analysis.base_bytes, analysis.total_bytes_fp16, np.linspace(lo, hi, n), seed)
+    refs = reference_outputs(trial.run, trial.samples)
+
+    def measure(choice: np.ndarray) -> float:
+        with trial.quantizer(trial.assignment(em.options, choice)):
+            return measured_mse(trial.run, trial.samples, refs)
+
+    points = measure_plans(plans, measure, em.predict, analysis.size_ratio)
+    return {"size_range": [lo, hi], **validation_report(points)}
+
+
+def _load_partial(out: Path, config: dict[str, Any], config_id: str) -> tuple[ErrorModel | None, int]:
+    """The checkpointed partial model when it was made with the same configuration, else nothing."""
+    meta_path = out / "partial.json"
+    if not meta_path.is_file():
+        return None, 0
+    meta = read_json(meta_path, "partial analysis")
+    if meta.get("config_id") != config_id:
+        return None, 0
+    tensors = read_tensors(out / "partial.safetensors", "partial analysis")
+    em = ErrorModel.from_tensors(tensors, config["units"], config["options"], int(meta["n_elements"]))
+    return em, int(meta["done"])
+
+
+def load_analysis(run_dir: str | Path) -> Analysis:
+    """Read the saved error model and sizes."""
+    out = Path(run_dir) / ANALYSIS
+    meta = read_json(out / "error_model.json", "analysis (run `anna analyze` first)")
+    em = ErrorModel.from_tensors(
+        read_tensors(out / "error_model.safetensors", "error model"), meta["units"], meta["options"], meta["n_elements"]
+    )
+    return Analysis(
+        meta["model"],
+        meta["component"],
+        em,
+        np.array(meta["sizes"], dtype=np.int64),
+        int(meta["base_bytes"]),
+        int(meta["total_bytes_fp16"]),
+    )

@@ -1,0 +1,191 @@
+"""The observers of one calibration: a StreamingHistogram per (unit, activation) and a per-channel absmax per weight.
+
+Follows the observer protocol of DESIGN.md: `collect`, then `compute`, then `reset`. State is a flat dict of CPU
+tensors (`hist/UNIT/ACT/FIELD`, `weight/UNIT/WEIGHT`) for safetensors, so a run can be checkpointed and resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from anna.calibrate.histogram import ActStats, PerChannelAbsMax, StreamingHistogram
+from anna.errors import AnnaError
+from anna.inventory import ACTIVATIONS, quantized_weights
+
+HIST = "hist"
+WEIGHT = "weight"
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Non-finite values seen at one activation: how many, and the first prompt (or batch) that produced them."""
+
+    unit: str
+    activation: str
+    count: int
+    first_item: int
+
+    def to_json(self) -> dict:
+        return {"unit": self.unit, "activation": self.activation, "count": self.count, "first_item": self.first_item}
+
+
+class UnitObservers:
+    """Histograms for every activation of every unit, in the units' kinds' `ACTIVATIONS` order.
+
+    Small tensors are staged (copied) and binned together, because a histogram update has a fixed cost that
+    dominates for small activations: a tensor under `direct_bytes` is staged, and all staged tensors are binned when
+    they reach `buffer_bytes` in total (and before any state is read). Binning in larger batches gives the same
+    counts (the histogram's re-binning is exact), memory stays bounded by `buffer_bytes`. `buffer_bytes=0`
+    bins every tensor at once.
+    """
+
+    def __init__(
+        self, units: Sequence[tuple[str, str]], buffer_bytes: int = 32 << 20, direct_bytes: int = 1 << 20
+    ) -> None:
+        """`units`: (name, kind) pairs."""
+        self.kinds = dict(units)
+        self.hists: dict[tuple[str, str], StreamingHistogram] = {
+            (name, act): StreamingHistogram() for name, kind in units for act in ACTIVATIONS[kind]
+        }
+        self.buffer_bytes = buffer_bytes
+        self.direct_bytes = min(direct_bytes, buffer_bytes)
+        self.item = 0  # the prompt or batch being run, for the non-finite report
+        self.order: list[tuple[str, str]] = []  # first-collect order, that is execution order
+        self._seen: set[tuple[str, str]] = set()
+        self._staged: dict[tuple[str, str], list[tuple[int, Tensor]]] = {}
+        self._staged_bytes = 0
+        self.nonfinite_first: dict[tuple[str, str], int] = {}
+        self._reported: set[tuple[str, str]] = set()
+
+    def collector(self, unit: str, activation: str) -> Callable[[Tensor], None]:
+        """A fast `collect(x)` for one activation (what hooks and taps call)."""
+        key = (unit, activation)
+        hist = self.hists[key]
+        seen, order = self._seen, self.order
+
+        def collect(x: Tensor) -> None:
+            if key not in seen:
+                seen.add(key)
+                order.append(key)
+            size = x.numel() * x.element_size()
+            if size >= self.direct_bytes:
+                hist.collect(x)
+                return
+            self._staged.setdefault(key, []).append((self.item, x.detach().clone()))
+            self._staged_bytes += size
+            if self._staged_bytes >= self.buffer_bytes:
+                self.flush()
+
+        return collect
+
+    def flush(self) -> None:
+        """Bin every staged tensor; note the first item of any non-finite value found there."""
+        staged, self._staged, self._staged_bytes = self._staged, {}, 0
+        while staged:  # popping frees each key's copies as soon as they are binned
+            key, chunks = staged.popitem()
+            hist = self.hists[key]
+            before = hist.nonfinite if key not in self.nonfinite_first else 0
+            hist.collect(torch.cat([c.reshape(-1) for _, c in chunks]) if len(chunks) > 1 else chunks[0][1])
+            if key not in self.nonfinite_first and hist.nonfinite > before:
+                self.nonfinite_first[key] = next(i for i, c in chunks if not bool(torch.isfinite(c).all()))
+
+    def note_nonfinite(self, item: int) -> list[tuple[str, str]]:
+        """Activations whose first non-finite value became known since the last call (call after each item;
+        tensors binned at once during `item` are attributed to it, staged ones to the item that produced them)."""
+        for k in self.order:
+            if k not in self.nonfinite_first and k not in self._staged and self.hists[k].nonfinite:
+                self.nonfinite_first[k] = item
+        new = [k for k in self.nonfinite_first if k not in self._reported]
+        self._reported.update(new)
+        return new
+
+    def nonfinite(self) -> list[NonFinite]:
+        """Every activation that saw NaN/Inf, the earliest prompt first, then in execution order."""
+        rank = {k: i for i, k in enumerate(self.order)}
+        keys = sorted(self.nonfinite_first, key=lambda k: (self.nonfinite_first[k], rank.get(k, len(rank))))
+        return [NonFinite(u, a, self.hists[(u, a)].nonfinite, self.nonfinite_first[(u, a)]) for u, a in keys]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of histogram state held (fixed, whatever was collected)."""
+        return sum(h.nbytes for h in self.hists.values())
+
+    def compute(self) -> dict[str, dict[str, ActStats | None]]:
+        """unit -> activation -> stats; None where no finite value was collected."""
+        self.flush()
+        out: dict[str, dict[str, ActStats | None]] = {name: {} for name in self.kinds}
+        for (unit, act), hist in self.hists.items():
+            out[unit][act] = hist.compute() if hist.count else None
+        return out
+
+    def reset(self) -> None:
+        self._staged, self._staged_bytes = {}, 0
+        for hist in self.hists.values():
+            hist.reset()
+        self.order.clear()
+        self._seen.clear()
+        self.nonfinite_first.clear()
+        self._reported.clear()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Every histogram's state under `hist/UNIT/ACT/FIELD`."""
+        self.flush()
+        return {
+            f"{HIST}/{unit}/{act}/{field}": t
+            for (unit, act), hist in self.hists.items()
+            for field, t in hist.state_dict().items()
+        }
+
+    def load_state_dict(
+        self,
+        state: Mapping[str, Tensor],
+        order: Sequence[Sequence[str]] = (),
+        nonfinite_first: Mapping[str, int] | None = None,
+    ) -> None:
+        """Restore histograms (and the bookkeeping) saved by `state_dict`."""
+        loaded = histograms_from_state(state)
+        for unit, act in self.hists:
+            if act not in loaded.get(unit, {}):
+                raise AnnaError(f"calibration checkpoint has no histogram for {unit} {act}")
+            self.hists[(unit, act)] = loaded[unit][act]
+        self.order[:] = [(u, a) for u, a in order]
+        self._seen = set(self.order)
+        self.nonfinite_first = {tuple(k.split("\t")): v for k, v in (nonfinite_first or {}).items()}
+        self._reported = set(self.nonfinite_first)
+
+    def bookkeeping(self) -> dict:
+        """JSON-ready order and first non-finite items, for checkpoints."""
+        return {
+            "order": [list(k) for k in self.order],
+            "nonfinite_first": {"\t".join(k): v for k, v in self.nonfinite_first.items()},
+        }
+
+
+def weight_absmax(units: Sequence[tuple[str, nn.Module]]) -> dict[str, Tensor]:
+    """Per-output-channel absmax of every quantized weight, keyed `weight/UNIT/WEIGHT`."""
+    out: dict[str, Tensor] = {}
+    for name, module in units:
+        for wname, w in quantized_weights(module):
+            obs = PerChannelAbsMax()
+            obs.collect(w.detach())
+            out[f"{WEIGHT}/{name}/{wname}"] = obs.compute().cpu()
+    return out
+
+
+def histograms_from_state(state: Mapping[str, Tensor]) -> dict[str, dict[str, StreamingHistogram]]:
+    """unit -> activation -> histogram, from a `state_dict` (e.g. stats.safetensors)."""
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, t in state.items():
+        if not key.startswith(HIST + "/"):
+            continue
+        unit_act, _, field = key[len(HIST) + 1 :].rpartition("/")
+        unit, _, act = unit_act.rpartition("/")
+        groups.setdefault((unit, act), {})[field] = t
+    out: dict[str, dict[str, StreamingHistogram]] = {}
+    for (unit, act), sub in groups.items():
+        out.setdefault(unit, {})[act] = StreamingHistogram.from_state_dict(sub)
+    return out

@@ -1,0 +1,80 @@
+"""Reading a calibration back: statistics, weight absmax, run record, cached inputs; re-running a component."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anna.adapters.base import Model
+from anna.artifacts import read_json, read_tensors
+from anna.calibrate import layout
+from anna.calibrate.histogram import ActStats
+from anna.calibrate.observers import WEIGHT
+from anna.calibrate.tree import to_device, unflatten
+from anna.errors import AnnaError
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """`run.json` as written by `calibrate`."""
+    return read_json(layout.run_json(run_dir), "run record (run.json; run `anna calibrate` first)")
+
+
+def load_stats(run_dir: str | Path) -> dict[str, dict[str, ActStats]]:
+    """unit -> activation name -> ActStats. Activations that saw no finite value are left out."""
+    data = read_json(layout.stats_json(run_dir), "calibration statistics")
+    out: dict[str, dict[str, ActStats]] = {}
+    for unit, entry in data["units"].items():
+        out[unit] = {
+            act: ActStats.from_json(value) for act, value in entry.items() if act != "kind" and isinstance(value, dict)
+        }
+    return out
+
+
+def load_weight_absmax(run_dir: str | Path) -> dict[str, dict[str, Tensor]]:
+    """unit -> weight name (relative to the unit, e.g. `to_q.weight`) -> per-output-channel absmax (float32)."""
+    tensors = read_tensors(layout.stats_tensors(run_dir), "calibration tensors")
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        if key.startswith(WEIGHT + "/"):
+            unit, _, wname = key[len(WEIGHT) + 1 :].partition("/")
+            out.setdefault(unit, {})[wname] = t
+    return out
+
+
+def load_cached_inputs(run_dir: str | Path) -> list[Any]:
+    """The cached samples, in order: `(args, kwargs)` for pipeline components, the batch for generic models."""
+    meta = read_json(layout.inputs_json(run_dir), "cached inputs")
+    tensors = read_tensors(layout.inputs_tensors(run_dir), "cached input tensors") if meta["samples"] else {}
+    out = []
+    for sample in meta["samples"]:
+        value = unflatten(sample["value"], tensors)
+        if meta["kind"] == "pipeline":
+            args, kwargs = value
+            value = (tuple(args), dict(kwargs))
+        out.append(value)
+    return out
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+def run_component(model: Model, component: str, sample: Any, grad: bool = False) -> Tensor:
+    """The component's consumed output for one cached sample, exactly as the pipeline (or forward) computed it.
+    With `grad`, autograd records the run (for gradient probes); otherwise it runs in inference mode."""
+    module = model.component(component)
+    sample = to_device(sample, _device_of(module))
+    with torch.inference_mode(not grad):
+        if model.pipeline is None:
+            if model.forward is None:
+                raise AnnaError(f"model {model.name} has neither a pipeline nor a forward function")
+            return model.forward(module, sample)
+        if not (isinstance(sample, tuple) and len(sample) == 2 and isinstance(sample[1], dict)):
+            raise AnnaError("a pipeline component's cached sample must be an (args, kwargs) pair")
+        args, kwargs = sample
+        return model.component_output(component, module(*args, **kwargs))

@@ -1,0 +1,441 @@
+"""`anna report --run DIR`: one self-contained `DIR/report.html` (images embedded as base64), PNGs in `DIR/report/`.
+
+It reads what the stages left in the run folder and says "not available" for what is missing:
+- `front.json`: `{"points": [{"budget", "size_ratio", "predicted_mse", "measured_mse", "plan"}], "baselines":
+  {"uniform" | "greedy" | "fisher" | "random": [{"budget", "size_ratio", "predicted_mse", "measured_mse"}]}}`;
+  without it, the predicted points of `plans/*.json`;
+- `analysis/validation.json`: `{"spearman", "r2", "points": [{"predicted", "measured", "size_ratio"}]}`;
+- `eval/metrics.json` (or `metrics.json`): the output of `anna evaluate`, with its images beside it;
+- `selected.json` (or `eval/selected.json`): the output of `anna select`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from anna.artifacts import read_json
+from anna.errors import AnnaError
+
+REPORT_FILE = "report.html"
+ASSETS_DIR = "report"
+BASELINE_COLORS = {"uniform": "#7f7f7f", "greedy": "#ff7f0e", "fisher": "#2ca02c", "random": "#9467bd"}
+
+
+# Reading the run folder
+
+
+def _read_optional(path: Path, what: str, notes: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, what)
+    except AnnaError as e:
+        notes.append(str(e))
+        return None
+
+
+def _first(run: Path, names: Sequence[str]) -> Path | None:
+    return next((run / n for n in names if (run / n).is_file()), None)
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _plans(run: Path, notes: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted((run / "plans").glob("*.json")) if (run / "plans").is_dir() else []:
+        obj = _read_optional(p, "plan", notes)
+        if obj is not None:
+            out.append({**obj, "_path": str(p)})
+    return out
+
+
+# Plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _xy(points: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pts = sorted(
+        ((_num(p.get("size_ratio")), _num(p.get(key))) for p in points),
+        key=lambda t: (t[0] is None, t[0] or 0.0),
+    )
+    pts = [(x, y) for x, y in pts if x is not None and y is not None and y > 0]
+    return [x for x, _ in pts], [y for _, y in pts]
+
+
+def plot_pareto(
+    front: Mapping[str, Any] | None,
+    plans: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any] | None,
+    selected: Mapping[str, Any] | None,
+    path: Path,
+) -> Path | None:
+    """Size ratio vs predicted and measured MSE of the front, the baselines on the same axes. None: nothing to plot."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    drawn = 0
+    points = list((front or {}).get("points") or []) or [
+        {"size_ratio": p.get("size_ratio"), "predicted_mse": p.get("predicted_mse")} for p in plans
+    ]
+    src = "front" if (front or {}).get("points") else "plans"
+    for key, style, label in (("predicted_mse", "--o", "predicted"), ("measured_mse", "-o", "measured")):
+        x, y = _xy(points, key)
+        if x:
+            fill = "none" if key == "predicted_mse" else "#1f77b4"
+            ax.plot(x, y, style, color="#1f77b4", mfc=fill, ms=5, lw=1.6, label=f"anna {label} ({src})")
+            drawn += 1
+    for method, pts in ((front or {}).get("baselines") or {}).items():
+        color = BASELINE_COLORS.get(method)
+        for key, style, label in (("predicted_mse", "--s", "predicted"), ("measured_mse", "-s", "measured")):
+            x, y = _xy(pts or [], key)
+            if x:
+                ax.plot(x, y, style, color=color, mfc="none" if key == "predicted_mse" else color, ms=4, lw=1,
+                        alpha=0.85, label=f"{method} {label}")
+                drawn += 1
+    for s in (metrics or {}).get("steps", []):
+        entries = [e for e in (metrics or {}).get("entries", []) if e.get("steps") == s]
+        x, y = _xy([{"size_ratio": e.get("size_ratio"), "v": e.get("component_mse")} for e in entries], "v")
+        if x:
+            ax.plot(x, y, "x", ms=7, mew=1.5, label=f"component MSE on test prompts, {s} step(s)")
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    sel = _num((selected or {}).get("size_ratio"))
+    if sel is not None:
+        ax.axvline(sel, color="#d62728", ls=":", lw=1.5, label=f"selected ({sel:.4f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("size ratio (checkpoint bytes / FP16 bytes)")
+    ax.set_ylabel("component output MSE")
+    ax.set_title("Pareto front: size vs MSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _spearman_r2(pred: Sequence[float], meas: Sequence[float]) -> tuple[float | None, float | None]:
+    if len(pred) < 3:
+        return None, None
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(pred, meas).statistic)
+    y, f = np.asarray(meas, float), np.asarray(pred, float)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float(((y - f) ** 2).sum()) / ss_tot if ss_tot > 0 else None
+    return (rho if math.isfinite(rho) else None), r2
+
+
+def validation_points(
+    validation: Mapping[str, Any] | None, front: Mapping[str, Any] | None
+) -> tuple[list[tuple[float, float]], float | None, float | None, str] | None:
+    """(points, spearman, r2, source): from analysis/validation.json, else from the front's measured points."""
+    if validation and validation.get("points"):
+        pts = [(_num(p.get("predicted")), _num(p.get("measured"))) for p in validation["points"]]
+        pts = [(a, b) for a, b in pts if a is not None and b is not None]
+        return pts, _num(validation.get("spearman")), _num(validation.get("r2")), "analysis/validation.json"
+    pts = [(_num(p.get("predicted_mse")), _num(p.get("measured_mse"))) for p in (front or {}).get("points") or []]
+    pts = [(a, b) for a, b in pts if a is not None and b is not None]
+    if not pts:
+        return None
+    rho, r2 = _spearman_r2([a for a, _ in pts], [b for _, b in pts])
+    return pts, rho, r2, "front.json (computed by the report)"
+
+
+def plot_validation(pts: Sequence[tuple[float, float]], rho: float | None, r2: float | None, path: Path) -> Path:
+    """Predicted vs measured MSE with the y = x line, titled with the correlation."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    x, y = [a for a, _ in pts], [b for _, b in pts]
+    ax.scatter(x, y, s=22, color="#1f77b4", edgecolor="k", lw=0.4)
+    positive = [v for v in x + y if v > 0]
+    if positive and len(positive) == len(x) + len(y):
+        lo, hi = min(positive), max(positive)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="measured = predicted")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range collide
+    ax.set_xlabel("predicted MSE")
+    ax.set_ylabel("measured MSE")
+    ax.set_title(f"Spearman ρ = {_fmt(rho, '.3f')}, R² = {_fmt(r2, '.3f')}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _thumb(path: Path, size: int):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((size, size))
+        return im.copy()
+
+
+def plot_grid(cells: Sequence[tuple[str, Path | None]], prompt: str, path: Path, size: int = 256) -> Path:
+    """One row of images (title, file), the prompt above them. A missing file leaves a labelled empty cell."""
+    plt = _plt()
+    n = len(cells)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.1), dpi=100, squeeze=False, layout="constrained")
+    for ax, (title, file) in zip(axes[0], cells, strict=True):
+        if file is not None and file.is_file():
+            thumb = _thumb(file, size)
+            ax.imshow(thumb, interpolation="nearest" if max(thumb.size) < 128 else "antialiased")
+        else:
+            ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    import textwrap
+
+    fig.suptitle(textwrap.shorten(prompt, 110), fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# HTML
+
+
+def _fmt(v: Any, spec: str = ".4g") -> str:
+    x = _num(v)
+    return "n/a" if x is None else format(x, spec)
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def _na(what: str) -> str:
+    return f'<p class="na">not available: {_e(what)}</p>'
+
+
+def _cell(value: Any, reason: str | None, spec: str = ".4g") -> str:
+    if _num(value) is None:
+        return f'<td class="null" title="{_e(reason or "null")}">n/a</td>'
+    return f"<td>{_fmt(value, spec)}</td>"
+
+
+def _delta(value: Any, base: Any) -> str:
+    a, b = _num(value), _num(base)
+    return "<td>n/a</td>" if a is None or b is None else f"<td>{a - b:+.3f}</td>"
+
+
+def metrics_table(metrics: Mapping[str, Any], selected_ckpt: str | None) -> str:
+    """Original and every checkpoint per steps value: size ratio, CLIP (and delta), FID, MSE, component MSE."""
+    originals = {o.get("steps"): o for o in metrics.get("original", [])}
+    head = ("<tr><th>model</th><th>steps</th><th>size ratio</th><th>CLIP</th><th>ΔCLIP</th><th>FID</th>"
+            "<th>MSE vs original (0-255)</th><th>component MSE</th></tr>")
+    rows = []
+    for s, o in sorted(originals.items()):
+        rows.append(f'<tr class="orig"><td>original</td><td>{_e(s)}</td><td>1</td>'
+                    f"{_cell(o.get('clip'), o.get('clip_reason'))}<td>—</td>"
+                    f"{_cell(o.get('fid'), o.get('fid_reason'))}<td>0</td><td>0</td></tr>")
+    entries = sorted(metrics.get("entries", []), key=lambda e: (_num(e.get("size_ratio")) or math.inf,
+                                                                 str(e.get("name")), e.get("steps", 0)))
+    for e in entries:
+        o = originals.get(e.get("steps"), {})
+        cls = ' class="selected"' if selected_ckpt and e.get("checkpoint") == selected_ckpt else ""
+        rows.append(
+            f"<tr{cls}><td>{_e(e.get('name'))}</td><td>{_e(e.get('steps'))}</td><td>{_fmt(e.get('size_ratio'), '.4f')}"
+            f"</td>{_cell(e.get('clip'), e.get('clip_reason'))}{_delta(e.get('clip'), o.get('clip'))}"
+            f"{_cell(e.get('fid'), e.get('fid_reason'))}{_cell(e.get('mse'), e.get('mse_reason'))}"
+            f"{_cell(e.get('component_mse'), e.get('component_mse_reason'))}</tr>"
+        )
+    reasons = sorted({f"{k[:-7]}: {v}" for row in [*originals.values(), *entries] for k, v in row.items()
+                      if k.endswith("_reason") and v and not str(v).startswith("not requested")})
+    notes = "".join(f"<li>{_e(r)}</li>" for r in reasons)
+    foot = f'<ul class="reasons">{notes}</ul>' if notes else ""
+    return f'<table id="metrics-table">{head}{"".join(rows)}</table>{foot}'
+
+
+def _plan_section(selected: Mapping[str, Any] | None) -> str:
+    if not selected:
+        return _na("no selection (run anna select; selected.json is missing)")
+    units = selected.get("units") or {}
+    fp16 = selected.get("fp16_units")
+    parts = [f"<p><b>{_e(selected.get('name'))}</b> — size ratio {_fmt(selected.get('size_ratio'), '.4f')}, "
+             f"component {_e(selected.get('component') or 'n/a')}, checkpoint <code>{_e(selected.get('checkpoint'))}"
+             "</code></p>"]
+    if fp16 is None:
+        parts.append(_na(f"units kept in FP16 ({selected.get('plan_note') or 'no plan'})"))
+    else:
+        items = "".join(f"<li><code>{_e(u)}</code></li>" for u in fp16) or "<li>none</li>"
+        parts.append(f'<h3>Units kept in FP16 ({len(fp16)})</h3><ul class="fp16" id="fp16-units">{items}</ul>')
+    if units:
+        counts = Counter(units.values())
+        summary = ", ".join(f"{_e(o)}: {n}" for o, n in sorted(counts.items()))
+        rows = "".join(f"<tr><td><code>{_e(u)}</code></td><td>{_e(o)}</td></tr>" for u, o in units.items())
+        opened = " open" if len(units) <= 60 else ""
+        parts.append(f"<h3>Option per unit ({len(units)} units; {summary})</h3><details{opened}><summary>table"
+                     f'</summary><table id="unit-table"><tr><th>unit</th><th>option</th></tr>{rows}</table></details>')
+    else:
+        parts.append(_na(f"per-unit options ({selected.get('plan_note') or 'selected.json has no units'})"))
+    return "".join(parts)
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;color:#222}
+h1{font-size:24px;margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.meta{color:#666;font-size:13px} .na{color:#a60;background:#fff7e6;border:1px solid #f0d9a8;padding:6px 10px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} td:first-child,th:first-child{text-align:left}
+tr.orig{background:#f3f6fa} tr.selected{background:#e8f7e8;font-weight:600}
+td.null{color:#999} .reasons{font-size:12px;color:#865} .reason{font-size:13px;color:#333}
+img{max-width:100%} ul.fp16{columns:2;column-gap:32px;font-size:12px} ul.fp16 li{overflow-wrap:anywhere}
+figure{margin:12px 0} figcaption{font-size:13px;color:#444}
+#unit-table td{text-align:left;font-size:12px}
+"""
+
+
+def build_report(run_dir: str | Path, *, max_grids: int = 12, out: str | Path | None = None) -> Path:
+    """Write `run_dir/report.html` (and its PNGs in `run_dir/report/`) from whatever the run folder holds."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise AnnaError(f"run folder not found: {run}")
+    assets = run / ASSETS_DIR
+    notes: list[str] = []
+    front = _read_optional(run / "front.json", "front", notes)
+    plans = _plans(run, notes)
+    validation = _read_optional(run / "analysis" / "validation.json", "validation", notes)
+    metrics_path = _first(run, ("eval/metrics.json", "metrics.json"))
+    metrics = _read_optional(metrics_path, "evaluation metrics", notes) if metrics_path else None
+    sel_path = _first(run, ("selected.json", "eval/selected.json"))
+    selected = _read_optional(sel_path, "selection", notes) if sel_path else None
+    eval_dir = metrics_path.parent if metrics_path else None
+
+    model = (metrics or {}).get("model") or (plans[0].get("model") if plans else None) or "unknown model"
+    body = [f"<h1>anna report — {_e(model)}</h1>",
+            f'<p class="meta">run {_e(run.resolve())} · generated {_dt.datetime.now().isoformat(timespec="seconds")}'
+            "</p>"]
+    body += [f'<p class="na">{_e(n)}</p>' for n in notes]
+
+    body.append("<h2>Selected checkpoint</h2>")
+    if selected:
+        given = {k: v for k, v in (selected.get("thresholds") or {}).items() if v is not None}
+        thr = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in given.items()) or "none"
+        body.append(f"<p><b>{_e(selected.get('name'))}</b>: size ratio {_fmt(selected.get('size_ratio'), '.4f')}; "
+                    f"thresholds: {_e(thr)}</p><p class=\"reason\">{_e(selected.get('reason', ''))}</p>")
+    else:
+        body.append(_na("no selection (selected.json is missing)"))
+
+    body.append('<h2 id="pareto">Pareto front</h2>')
+    pareto = plot_pareto(front, plans, metrics, selected, assets / "pareto.png")
+    if pareto:
+        body.append(f"<figure>{_img(pareto, 'Pareto front')}</figure>")
+        if front is None:
+            body.append(_na("front.json (measured MSE and baselines); showing the plans' predicted MSE"))
+        elif not (front.get("baselines") or {}):
+            body.append(_na("baselines (front.json has none)"))
+    else:
+        body.append(_na("front.json and plans/*.json (no size/MSE points)"))
+
+    body.append('<h2 id="validation">Predicted vs measured MSE</h2>')
+    val = validation_points(validation, front)
+    if val and val[0]:
+        pts, rho, r2, source = val
+        path = plot_validation(pts, rho, r2, assets / "validation.png")
+        body.append(f"<figure>{_img(path, 'predicted vs measured MSE')}<figcaption>{len(pts)} points from "
+                    f"{_e(source)}: Spearman ρ = {_fmt(rho, '.3f')}, R² = {_fmt(r2, '.3f')}</figcaption></figure>")
+    else:
+        body.append(_na("analysis/validation.json (and no measured MSE in front.json)"))
+
+    body.append('<h2 id="metrics">Image metrics</h2>')
+    if metrics:
+        settings = metrics.get("settings") or {}
+        body.append(f'<p class="meta">{_e(metrics.get("num_prompts"))} prompts ({_e(metrics.get("prompts"))}), seed '
+                    f"{_e(metrics.get('seed'))}, guidance {_e(settings.get('guidance'))}, "
+                    f"{_e(settings.get('width'))}×{_e(settings.get('height'))}; CLIP "
+                    f"{_e(metrics.get('clip_model') or 'n/a')}; FID reference {_e(metrics.get('fid_reference'))}, "
+                    f"features {_e(metrics.get('fid_feature') or 'n/a')}</p>")
+        body.append(metrics_table(metrics, (selected or {}).get("checkpoint")))
+    else:
+        body.append(_na("eval/metrics.json (run anna evaluate --out RUN/eval)"))
+
+    body.append('<h2 id="plan">Selected plan</h2>')
+    body.append(_plan_section(selected))
+
+    body.append('<h2 id="grids">Images</h2>')
+    body.append(_grids(metrics, selected, eval_dir, assets, max_grids))
+
+    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>anna report — {_e(model)}</title>'
+           f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    target = Path(out) if out else run / REPORT_FILE
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def _grids(metrics: Mapping[str, Any] | None, selected: Mapping[str, Any] | None, eval_dir: Path | None,
+           assets: Path, max_grids: int) -> str:
+    if not metrics or eval_dir is None:
+        return _na("image grids (no evaluation)")
+    entries = metrics.get("entries", [])
+    sel = (selected or {}).get("checkpoint")
+    chosen = [e for e in entries if sel and e.get("checkpoint") == sel]
+    note = ""
+    if not chosen and entries:
+        smallest = min(entries, key=lambda e: _num(e.get("size_ratio")) or math.inf)
+        chosen = [e for e in entries if e.get("checkpoint") == smallest.get("checkpoint")]
+        note = _na(f"selection; showing the smallest evaluated checkpoint, {smallest.get('name')}")
+    originals = {o.get("steps"): o for o in metrics.get("original", [])}
+    by_steps = {e.get("steps"): e for e in chosen}
+    steps = list(metrics.get("steps") or sorted(originals))
+    prompts = list(metrics.get("prompt_texts") or [])
+    n = len(prompts) or int(metrics.get("num_prompts") or 0)
+    if n == 0:
+        return _na("image grids (no prompts)")
+    name = chosen[0].get("name") if chosen else None
+    out = [note, f'<p class="meta">columns: original and {_e(name or "no checkpoint")} at each steps value; '
+           f"{min(n, max_grids)} of {n} prompts</p>"]
+    for i in range(min(n, max_grids)):
+        cells: list[tuple[str, Path | None]] = []
+        for s in steps:
+            o = originals.get(s)
+            cells.append((f"original · {s} step(s)", eval_dir / o["images"] / f"{i:04d}.png" if o else None))
+            e = by_steps.get(s)
+            if e is not None:
+                per = e.get("mse_per_image") or []
+                mse = f"\nMSE {per[i]:.3g}" if i < len(per) and _num(per[i]) is not None else ""
+                cells.append((f"{e.get('name')} · {s} step(s){mse}", eval_dir / e["images"] / f"{i:04d}.png"))
+        prompt = prompts[i] if i < len(prompts) else f"prompt {i}"
+        path = plot_grid(cells, prompt, assets / f"grid-{i:04d}.png")
+        out.append(f'<figure class="grid">{_img(path, prompt)}<figcaption>{i}: {_e(prompt)}</figcaption></figure>')
+    return "".join(out)
