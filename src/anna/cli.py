@@ -172,6 +172,38 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
     click.echo(f"wrote {Path(run_dir) / 'calibration'}")
 
 
+@cli.command(name="analyze")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A calibrated run directory.")
+@click.option("--bag", default=None, help="Comma-separated options (default: fp16 + the four FP8 variants).")
+@click.option("--sketch", "sketch_k", type=int, default=1024, show_default=True,
+              help="CountSketch size for the cross terms (0: exact deltas, for small outputs).")
+@click.option("--fisher-samples", type=int, default=1, show_default=True, help="Samples for the Fisher baseline.")
+@click.option("--validate", type=int, default=30, show_default=True, help="Random plans to validate on (0: skip).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, quiet):
+    """Build the error model: each unit x option's output delta on the cached inputs, the quadratic form with its
+    cross terms, and its validation (Spearman, R^2) on random plans. Resumable."""
+    from anna.analyze.stage import analyze
+
+    analyze(run_dir, bag=bag.split(",") if bag else None, sketch_k=sketch_k, fisher_samples=fisher_samples,
+            validate=validate, progress=not quiet, echo=click.echo)
+
+
+@cli.command(name="search")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="An analysed run directory.")
+@click.option("--size", type=float, default=None, help="One budget as a size ratio of FP16, e.g. 0.501.")
+@click.option("--sizes", default=None, help="A sweep START:STOP:STEP, e.g. 0.50:0.60:0.01.")
+@click.option("--no-measure", is_flag=True, help="Skip measuring each plan's real MSE on the cached inputs.")
+@click.option("--no-baselines", is_flag=True, help="Skip the uniform/greedy/Fisher/random baselines.")
+def search_cmd(run_dir, size, sizes, no_measure, no_baselines):
+    """Solve for the plan of least predicted MSE under each budget (DP with cross terms): plans/*.json, front.json."""
+    from anna.search import parse_sizes, search
+
+    path = search(run_dir, parse_sizes(size, sizes), measure=not no_measure, baselines=not no_baselines,
+                  echo=click.echo)
+    click.echo(f"wrote {path}")
+
+
 @cli.command(name="evaluate")
 @click.option("--model", "-m", "model_spec", required=True, help="tiny-sdxl, a hub id or a local diffusers folder.")
 @click.option("--checkpoint", "checkpoints", multiple=True, help="Checkpoint folder (repeatable; safetensors or ONNX).")
@@ -247,6 +279,40 @@ def export_cmd(run_dir, plan_path, fmt, out):
 
     export(fmt, run_dir, plan_path, out)
     click.echo(f"wrote {Path(out)}")
+
+
+@cli.command(name="run")
+@click.option("--model", "-m", "model_spec", default="tiny-sdxl", show_default=True, help="Model to compress.")
+@click.option("--run", "run_dir", default=None, help="Run directory [default: runs/<model>].")
+@click.option("--prompts", default=None, help="Prompt source (default: anna's built-in prompts).")
+@click.option("--calib", type=int, default=8, show_default=True, help="Calibrate on the first N prompts.")
+@click.option("--test", type=int, default=16, show_default=True,
+              help="Evaluate on the first M prompts (the published SDXL-Turbo split is --calib 50 --test 100).")
+@click.option("--component", "-c", default="unet", show_default=True)
+@click.option("--sizes", default="0.50:0.60:0.01", show_default=True, help="Budget sweep START:STOP:STEP.")
+@click.option("--steps", default="1,2", show_default=True, help="Sampling steps to evaluate.")
+@click.option("--metrics", default="mse,clip,fid", show_default=True)
+@click.option("--cache-samples", type=int, default=4, show_default=True, help="Cached component inputs.")
+@click.option("--validate", type=int, default=30, show_default=True, help="Random plans validating the error model.")
+@click.option("--max-mse", type=float, default=None, help="Selection: image MSE (0-255) at most this.")
+@click.option("--max-fid-increase", type=float, default=None, help="Selection: FID increase at most this.")
+@click.option("--min-clip-delta", type=float, default=None, help="Selection: CLIP change at least this (e.g. -0.5).")
+@click.option("--clip-model", default=None, help="CLIP hub id or local folder for the CLIP score.")
+@click.option("--fid-weights", default=None, help="Local Inception weights / feature extractor for FID.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, metrics, cache_samples, validate,
+            max_mse, max_fid_increase, min_clip_delta, clip_model, fid_weights, quiet):
+    """Every stage in one command: calibrate, analyze, search (a sweep), export, evaluate (1 and 2 steps), select
+    and report. With no arguments it runs offline on tiny-sdxl in a few minutes and prints the report's path."""
+    from anna.run import RunConfig, run_all
+
+    cfg = RunConfig(
+        model=model_spec, run_dir=run_dir or f"runs/{model_spec.replace('/', '--')}", prompts=prompts, calib=calib,
+        test=test, component=component, sizes=sizes, steps=steps, metrics=metrics, cache_samples=cache_samples,
+        validate=validate, max_mse=max_mse, max_fid_increase=max_fid_increase, min_clip_delta=min_clip_delta,
+        clip_model=clip_model, fid_weights=fid_weights,
+    )
+    run_all(cfg, echo=click.echo, progress=not quiet)
 
 
 def main(argv: list[str] | None = None) -> None:

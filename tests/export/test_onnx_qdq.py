@@ -54,12 +54,12 @@ def exported(tmp_path_factory, coco_tsv):
 
     root = tmp_path_factory.mktemp("onnx-qdq")
     model = load_model("tiny-sdxl")
-    calibrate(model, root / "run", component="unet", prompts=load_prompts(f"{coco_tsv}:1-2"), settings=SETTINGS,
-              cache_samples=4, progress=False)
+    calibrate(model, root / "run", component="unet", prompts=load_prompts(f"{coco_tsv}:1-8"), settings=SETTINGS,
+              cache_samples=8, progress=False)
     inventory = build_inventory(model, "unet")
     plan = make_plan(inventory, {u: FP16 for u in inventory.names[::3]}, default="qdq-u8u16")
     plan.save(root / "plan.json")
-    manifest = export_onnx_qdq(root / "run", root / "plan.json", root / "onnx", keep_fp32=True, capture_samples=4,
+    manifest = export_onnx_qdq(root / "run", root / "plan.json", root / "onnx", keep_fp32=True, capture_samples=8,
                                echo=None)
     return SimpleNamespace(root=root, dir=root / "onnx", manifest=manifest, plan=plan)
 
@@ -92,7 +92,7 @@ def test_manifest_records_shapes_opset_plan_and_sources(exported):
     assert comps["unet"]["inputs"]["timestep"]["shape"] == [2]
     assert comps["vae_decoder"]["inputs"]["latent"]["shape"] == [1, 4, 8, 8]
     assert comps["text_encoder"]["inputs"]["input_ids"] == {"shape": [1, 77], "dtype": "int64"}
-    assert comps["unet"]["calibration"] == "calibration cache" and comps["unet"]["calibration_samples"] == 4
+    assert comps["unet"]["calibration"] == "calibration cache" and comps["unet"]["calibration_samples"] == 8
     assert comps["vae_decoder"]["calibration"].startswith("pipeline capture")
     assert m["plan"]["units"] == exported.plan.units
     assert m["quantization"]["weight_type"] == "QUInt8" and m["quantization"]["activation_type"] == "QUInt16"
@@ -255,17 +255,16 @@ def test_plan_for_another_model_is_a_one_line_error(exported, tmp_path):
 
 def test_external_data_when_weights_exceed_the_threshold(tmp_path, coco_tsv):
     model = load_model("tiny-sdxl")
-    threshold = 64 * 1024  # the VAE decoder holds ~450 KB of weights
+    threshold = 32 * 1024  # the VAE decoder holds ~450 KB of FP32 weights, ~56 KB once quantized
     manifest = export_pipeline_onnx(model, tmp_path, SETTINGS, load_prompts(f"{coco_tsv}:1-1"),
                                     components=["vae_decoder"], keep_fp32=True, external_data_threshold=threshold,
                                     capture_samples=1, echo=None)
-    entry = manifest["components"]["vae_decoder"]
-    assert entry["external_data"]
+    assert manifest["components"]["vae_decoder"]["external_data"]
     for name in ("vae_decoder.onnx", "vae_decoder.fp32.onnx"):
-        data = tmp_path / (name + ".data")
-        assert data.is_file() and (tmp_path / name).stat().st_size < threshold < data.stat().st_size * 2
+        assert (tmp_path / (name + ".data")).is_file()
         graph = onnx.load(str(tmp_path / name), load_external_data=False)
-        assert any(i.data_location == TensorProto.EXTERNAL for i in graph.graph.initializer)
+        big = [i for i in graph.graph.initializer if i.data_location == TensorProto.EXTERNAL or len(i.raw_data) > 1024]
+        assert big and all(i.data_location == TensorProto.EXTERNAL for i in big)  # every tensor over 1 KB moved out
     feed = {"latent": np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)}
     with torch.no_grad():
         ref = graph_module(model, "vae_decoder")(torch.from_numpy(feed["latent"])).numpy()

@@ -36,11 +36,11 @@ class NonFinite:
 class UnitObservers:
     """Histograms for every activation of every unit, in the units' kinds' `ACTIVATIONS` order.
 
-    Small tensors are staged (copied) and binned together, because a histogram update has a fixed cost that
-    dominates for small activations: a tensor under `direct_bytes` is staged, and all staged tensors are binned when
-    they reach `buffer_bytes` in total (and before any state is read). Binning in larger batches gives the same
-    counts (the histogram's re-binning is exact), memory stays bounded by `buffer_bytes`. `buffer_bytes=0`
-    bins every tensor at once.
+    A histogram update has a fixed cost that dominates for small tensors, so tensors under `direct_bytes` are
+    staged (copied) per activation and binned together: an activation's stage is binned once it holds
+    `direct_bytes`; when all stages together reach `buffer_bytes`, the largest are binned until half remains; all
+    are binned before any state is read. The counts are the same as binning each tensor at once (the histogram's
+    re-binning is exact); memory stays within `buffer_bytes`. `buffer_bytes=0` bins every tensor at once.
     """
 
     def __init__(
@@ -57,6 +57,7 @@ class UnitObservers:
         self.order: list[tuple[str, str]] = []  # first-collect order, that is execution order
         self._seen: set[tuple[str, str]] = set()
         self._staged: dict[tuple[str, str], list[tuple[int, Tensor]]] = {}
+        self._key_bytes: dict[tuple[str, str], int] = {}
         self._staged_bytes = 0
         self.nonfinite_first: dict[tuple[str, str], int] = {}
         self._reported: set[tuple[str, str]] = set()
@@ -65,7 +66,7 @@ class UnitObservers:
         """A fast `collect(x)` for one activation (what hooks and taps call)."""
         key = (unit, activation)
         hist = self.hists[key]
-        seen, order = self._seen, self.order
+        seen, order, staged, key_bytes = self._seen, self.order, self._staged, self._key_bytes
 
         def collect(x: Tensor) -> None:
             if key not in seen:
@@ -75,23 +76,33 @@ class UnitObservers:
             if size >= self.direct_bytes:
                 hist.collect(x)
                 return
-            self._staged.setdefault(key, []).append((self.item, x.detach().clone()))
+            staged.setdefault(key, []).append((self.item, x.detach().clone()))
+            key_bytes[key] = key_bytes.get(key, 0) + size
             self._staged_bytes += size
-            if self._staged_bytes >= self.buffer_bytes:
-                self.flush()
+            if key_bytes[key] >= self.direct_bytes:
+                self._bin(key)
+            elif self._staged_bytes >= self.buffer_bytes:
+                for k in sorted(key_bytes, key=key_bytes.__getitem__, reverse=True):
+                    self._bin(k)
+                    if self._staged_bytes <= self.buffer_bytes // 2:
+                        break
 
         return collect
 
+    def _bin(self, key: tuple[str, str]) -> None:
+        """Bin one activation's staged tensors; note the first item of any non-finite value among them."""
+        chunks = self._staged.pop(key)
+        self._staged_bytes -= self._key_bytes.pop(key)
+        hist = self.hists[key]
+        before = hist.nonfinite if key not in self.nonfinite_first else 0
+        hist.collect(torch.cat([c.reshape(-1) for _, c in chunks]) if len(chunks) > 1 else chunks[0][1])
+        if key not in self.nonfinite_first and hist.nonfinite > before:
+            self.nonfinite_first[key] = next(i for i, c in chunks if not bool(torch.isfinite(c).all()))
+
     def flush(self) -> None:
-        """Bin every staged tensor; note the first item of any non-finite value found there."""
-        staged, self._staged, self._staged_bytes = self._staged, {}, 0
-        while staged:  # popping frees each key's copies as soon as they are binned
-            key, chunks = staged.popitem()
-            hist = self.hists[key]
-            before = hist.nonfinite if key not in self.nonfinite_first else 0
-            hist.collect(torch.cat([c.reshape(-1) for _, c in chunks]) if len(chunks) > 1 else chunks[0][1])
-            if key not in self.nonfinite_first and hist.nonfinite > before:
-                self.nonfinite_first[key] = next(i for i, c in chunks if not bool(torch.isfinite(c).all()))
+        """Bin every staged tensor."""
+        for key in list(self._staged):
+            self._bin(key)
 
     def note_nonfinite(self, item: int) -> list[tuple[str, str]]:
         """Activations whose first non-finite value became known since the last call (call after each item;
@@ -123,7 +134,9 @@ class UnitObservers:
         return out
 
     def reset(self) -> None:
-        self._staged, self._staged_bytes = {}, 0
+        self._staged.clear()
+        self._key_bytes.clear()
+        self._staged_bytes = 0
         for hist in self.hists.values():
             hist.reset()
         self.order.clear()

@@ -105,6 +105,27 @@ def checkpoint_tensors(component: nn.Module, plan: Plan) -> tuple[dict[str, Tens
     return tensors, rounded
 
 
+def round_to_checkpoint_(component: nn.Module, plan: Plan) -> int:
+    """Round, in place, every tensor that the checkpoint stores in FP16 (outside the quantized units) to its FP16
+    value, keeping its dtype; returns how many tensors changed.
+
+    Afterwards the in-memory model is exactly what loading its checkpoint gives. ``apply`` does not do this by itself:
+    it leaves the units that a plan keeps in fp16 untouched. For a base model that is already FP16-exact (SDXL's
+    published FP16 weights) it changes nothing.
+    """
+    inside = tuple(f"{n}." for n, o in plan.units.items() if o != FP16)
+    changed = 0
+    with torch.no_grad():
+        for name, t in list(component.named_parameters()) + list(component.named_buffers()):
+            if name.startswith(inside) or not t.is_floating_point():
+                continue
+            h = t.to(torch.float16).to(t.dtype)
+            if not torch.equal(h, t):
+                t.copy_(h)
+                changed += 1
+    return changed
+
+
 def save_checkpoint(
     model: Model,
     component: str | None,
@@ -136,7 +157,7 @@ def save_checkpoint(
         echo(info.describe())
         if rounded:
             echo(f"note: {rounded} tensor(s) outside the quantized units were not FP16-exact and are stored rounded "
-                 "to FP16 (a model loaded from this checkpoint carries that rounding)")
+                 "to FP16: a model loaded from it carries that rounding (round_to_checkpoint_ applies it in memory)")
     return info
 
 

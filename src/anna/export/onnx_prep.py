@@ -4,6 +4,8 @@
   ReduceMean/Add/Sqrt/Div/Mul/Add pattern into one standard `LayerNormalization` (so a norm is one op with one output
   range, not nine tensors each given a Q/DQ pair). The dynamo exporter already emits `LayerNormalization` for
   `nn.LayerNorm`, so on its graphs this finds nothing to do; it matters for hand-written norms and older exports.
+- `strip_metadata`: the exporter tags each node with its stack trace, FX node and class hierarchy (about 1 KB per
+  node); only the module scopes (`pkg.torch.onnx.name_scopes`), which map units to nodes, are kept.
 - `fix_mask_fill`: attention masks are built with `-inf` or `finfo.min` (-3.4e38) fill values. Any tensor that holds
   them and flows into a Softmax gets a calibration range of ~1e38 (or inf), which wipes out every value the
   quantizer must represent on that tensor. Those entries are replaced by a finite, moderate value (default -100:
@@ -57,6 +59,21 @@ def fuse_layer_norms(proto: Any) -> int:
     finally:
         logger.setLevel(level)
     return fused
+
+
+KEEP_METADATA = ("pkg.torch.onnx.name_scopes",)
+
+
+def strip_metadata(proto: Any, keep: tuple[str, ...] = KEEP_METADATA) -> int:
+    """Drop node metadata other than `keep`, in place; returns how many entries were dropped."""
+    dropped = 0
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key in keep]
+        dropped += len(node.metadata_props) - len(kept)
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    return dropped
 
 
 def _feeds_softmax(proto: Any, tensor: str, max_depth: int = 12) -> bool:
@@ -126,7 +143,8 @@ def fix_mask_fill(proto: Any, value: float = MASK_FILL, cutoff: float = MASK_CUT
 
 
 def preprocess(proto: Any, mask_fill: float = MASK_FILL) -> tuple[Any, PrepReport]:
-    """Both passes, in place: layer-norm fusion, then the mask fill value. Returns the proto and a report."""
+    """All passes, in place: metadata, layer-norm fusion, then the mask fill value. Returns the proto and a report."""
+    strip_metadata(proto)
     fused = fuse_layer_norms(proto)
     masks = fix_mask_fill(proto, mask_fill)
     norms = sum(n.op_type == "LayerNormalization" for n in proto.graph.node)

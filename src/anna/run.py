@@ -1,0 +1,142 @@
+"""`anna run`: every stage in one command, with defaults that finish offline on tiny-sdxl in a few minutes.
+
+calibrate -> analyze -> search (a sweep of budgets) -> export (one checkpoint per plan) -> evaluate (1 and 2 steps)
+-> select -> report. Each stage writes into the run folder and resumes from what is already there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anna.errors import AnnaError
+
+Echo = Callable[[str], Any]
+
+# Built-in prompts for offline runs without a prompt file (anna's own, everyday scenes).
+BUILTIN_PROMPTS = (
+    "A red bicycle leaning against a brick wall.",
+    "Two dogs playing with a ball on a sandy beach.",
+    "A bowl of fresh fruit on a wooden kitchen table.",
+    "A city street at night with glowing shop signs.",
+    "A small sailboat on a calm lake at sunrise.",
+    "A cat sleeping on a windowsill next to a plant.",
+    "A plate of pasta with tomato sauce and basil.",
+    "A snowy mountain road with a single blue car.",
+    "A child flying a kite in a green park.",
+    "An old train crossing a stone bridge.",
+    "A cup of coffee beside an open book.",
+    "A group of people waiting at a bus stop in the rain.",
+    "A giraffe standing under a tall tree.",
+    "A bathroom with white tiles and a round mirror.",
+    "A pizza with mushrooms on a baking tray.",
+    "A man riding a horse across a dry field.",
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `anna run` does; every field has a command-line option of the same name."""
+
+    model: str = "tiny-sdxl"
+    run_dir: str = "runs/tiny-sdxl"
+    prompts: str | None = None  # None: the built-in prompts
+    calib: int = 8  # calibrate on the first N prompts ...
+    test: int = 16  # ... and evaluate on the first M (the calibration prompts plus M - N more)
+    component: str = "unet"
+    sizes: str = "0.50:0.60:0.01"
+    steps: str = "1,2"
+    metrics: str = "mse,clip,fid"
+    cache_samples: int = 4
+    validate: int = 30
+    sketch_k: int = 1024
+    max_mse: float | None = None
+    max_fid_increase: float | None = None
+    min_clip_delta: float | None = None
+    clip_model: str | None = None
+    fid_weights: str | None = None
+
+
+def _prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    from anna.prompts import load_prompts
+
+    texts = list(BUILTIN_PROMPTS) if cfg.prompts is None else load_prompts(cfg.prompts)
+    if cfg.calib < 1 or cfg.test < 1:
+        raise AnnaError("--calib and --test must be at least 1")
+    if len(texts) < max(cfg.calib, cfg.test):
+        raise AnnaError(f"{len(texts)} prompts given, but --calib {cfg.calib} / --test {cfg.test} need more")
+    return texts[: cfg.calib], texts[: cfg.test]
+
+
+def feasible_sizes(sizes: str, smallest: float) -> list[float]:
+    """The sweep, with budgets below the smallest feasible ratio replaced by that ratio (rounded up), once."""
+    from anna.search import parse_sizes
+
+    floor = float(f"{smallest + 0.0005:.3f}")
+    ratios = sorted({max(r, floor) for r in parse_sizes(sizes=sizes)})
+    return ratios
+
+
+def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
+    """Run every stage; returns the path of report.html."""
+    from anna.adapters import load_model
+    from anna.analyze.stage import analyze, load_analysis
+    from anna.calibrate import calibrate
+    from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
+    from anna.evaluate.select import Thresholds, select_to_file
+    from anna.export.checkpoint import export_checkpoint
+    from anna.report import build_report
+    from anna.search import plan_name, search
+
+    run_dir = Path(cfg.run_dir)
+    calib_prompts, test_prompts = _prompts(cfg)
+    steps, metrics = parse_steps(cfg.steps), parse_metrics(cfg.metrics)
+    timings: dict[str, float] = {}
+
+    def stage(name: str) -> None:
+        timings[name] = time.time()
+        echo(f"\n== {name} ==")
+
+    stage("calibrate")
+    model = load_model(cfg.model)
+    model.require_weights("run")
+    calibrate(model, run_dir, component=cfg.component, prompts=calib_prompts, cache_samples=cfg.cache_samples,
+              progress=progress)
+    stage("analyze")
+    analyze(run_dir, model=model, sketch_k=cfg.sketch_k, validate=cfg.validate, progress=progress, echo=echo)
+    stage("search")
+    analysis = load_analysis(run_dir)
+    smallest = analysis.size_ratio(analysis.sizes.argmin(1))
+    ratios = feasible_sizes(cfg.sizes, smallest)
+    if ratios[0] > float(cfg.sizes.split(":")[0]):
+        echo(f"note: the smallest feasible size ratio is {smallest:.4f}; the sweep starts at {ratios[0]:.3f}")
+    search(run_dir, ratios, model=model, echo=echo)
+    stage("export")
+    checkpoints = []
+    for r in ratios:
+        out = run_dir / "checkpoints" / plan_name(r)
+        if not (out / "plan.json").is_file():
+            export_checkpoint(run_dir, run_dir / "plans" / f"{plan_name(r)}.json", out, echo=lambda _s: None)
+        checkpoints.append(out)
+    echo(f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
+    stage("evaluate")
+    config = EvalConfig(metrics=metrics, steps=steps, fid_weights=cfg.fid_weights,
+                        **({"clip_model": cfg.clip_model} if cfg.clip_model else {}))
+    evaluate(cfg.model, checkpoints, test_prompts, run_dir / "eval", config, echo=echo, progress=progress)
+    stage("select")
+    thresholds = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse)
+    try:
+        selection = select_to_file(run_dir / "eval", thresholds, run_dir / "selected.json")
+        echo(f"selected {selection.name} (size ratio {selection.size_ratio:.4f})")
+    except AnnaError as e:
+        echo(f"no selection: {e}")
+    stage("report")
+    report = build_report(run_dir)
+    timings["end"] = time.time()
+    names = list(timings)
+    echo("\n" + ", ".join(f"{n} {timings[b] - timings[n]:.1f}s" for n, b in zip(names, names[1:], strict=False)))
+    echo(f"report: {report}")
+    return report

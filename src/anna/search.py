@@ -1,0 +1,180 @@
+"""`anna search`: plans from the error model, one per budget, the Pareto front, and the baselines at the same budgets.
+
+Writes `plans/size-0.501.json` per budget, `plans/baselines/<method>-size-0.501.json`, and `front.json`:
+`{"points": [{"budget", "size_ratio", "predicted_mse", "measured_mse", "plan", "status"}],
+"baselines": {method: [...]}}`.
+With `measure`, every plan is applied to the component and run on the cached calibration inputs, so the measured MSE
+sits beside the predicted one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anna.analyze.stage import Analysis, load_analysis
+from anna.artifacts import write_json
+from anna.errors import AnnaError
+from anna.inventory import Inventory
+
+BASELINES = ("uniform", "greedy", "fisher", "random")
+
+
+def parse_sizes(size: float | None = None, sizes: str | None = None) -> list[float]:
+    """`--size 0.501` or `--sizes 0.50:0.60:0.01` (start:stop:step, stop included) to a list of ratios."""
+    if (size is None) == (sizes is None):
+        raise AnnaError("give exactly one of --size or --sizes")
+    if size is not None:
+        values = [size]
+    else:
+        m = re.fullmatch(r"\s*([\d.]+)\s*:\s*([\d.]+)\s*:\s*([\d.]+)\s*", sizes or "")
+        if not m:
+            raise AnnaError(f"--sizes must read START:STOP:STEP, e.g. 0.50:0.60:0.01 (got '{sizes}')")
+        start, stop, step = (float(g) for g in m.groups())
+        if step <= 0 or stop < start:
+            raise AnnaError("--sizes needs STEP > 0 and STOP >= START")
+        values = [round(start + k * step, 6) for k in range(int(np.floor((stop - start) / step + 1e-9)) + 1)]
+    for v in values:
+        if not 0 < v <= 1.5:
+            raise AnnaError(f"size ratio {v} is out of range (0, 1.5]")
+    return values
+
+
+def plan_name(ratio: float) -> str:
+    return f"size-{ratio:.3f}"
+
+
+def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[Any]]:
+    """anna's DP and the baselines, each at every ratio (None where infeasible for that method)."""
+    from anna.solve import InfeasibleBudget, fisher, greedy_diagonal, min_bytes, random_plan, solve_front, uniform
+
+    em, sizes, base, total = analysis.error_model, analysis.sizes, analysis.base_bytes, analysis.total_bytes_fp16
+    budgets = [int(np.floor(r * total)) for r in ratios]
+    smallest = min_bytes(sizes, base)
+    if budgets[0] < smallest:
+        raise AnnaError(
+            f"budget {ratios[0]} is infeasible: the smallest plan of this bag is {smallest / total:.4f} of FP16 "
+            f"({smallest:,} bytes)"
+        )
+    G = em.gram()
+    results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, reference_bytes=total)}
+    rng = np.random.default_rng(0)
+    methods: dict[str, Callable[[int], Any]] = {
+        "uniform": lambda b: uniform(G, sizes, b, base),
+        "greedy": lambda b: greedy_diagonal(G, sizes, b, base),
+        "random": lambda b: random_plan(sizes, b, rng, base, G=G),
+    }
+    if em.fisher is not None:
+        methods["fisher"] = lambda b: fisher(em.fisher, sizes, b, base, G=G)
+    for name, fn in methods.items():
+        out = []
+        for b in budgets:
+            try:
+                out.append(fn(b))
+            except InfeasibleBudget:
+                out.append(None)
+        results[name] = out
+    return results
+
+
+def search(
+    run_dir: str | Path,
+    ratios: Sequence[float],
+    *,
+    measure: bool = True,
+    baselines: bool = True,
+    model: Any = None,
+    echo: Callable[[str], Any] | None = print,
+) -> Path:
+    """Solve for every ratio, write the plans and `front.json`; returns the path of front.json."""
+    from anna.plan import make_plan
+
+    run_dir = Path(run_dir)
+    analysis = load_analysis(run_dir)
+    em = analysis.error_model
+    ratios = sorted(ratios)
+    results = _solve_all(analysis, ratios)
+    if not baselines:
+        results = {"anna": results["anna"]}
+    trial = None
+    inventory: Inventory
+    if measure:
+        from anna.analyze.error_model import measured_mse, reference_outputs
+        from anna.analyze.stage import open_trial
+
+        trial = open_trial(run_dir, model)
+        inventory = trial.inventory
+        refs = reference_outputs(trial.run, trial.samples)
+    else:
+        from anna.adapters import load_model
+        from anna.inventory import build_inventory
+
+        inventory = build_inventory(model or load_model(analysis.model), analysis.component)
+
+    def measured(choice: np.ndarray) -> float | None:
+        if trial is None:
+            return None
+        with trial.quantizer(dict(zip(em.units, (em.options[c] for c in choice), strict=True))):
+            return measured_mse(trial.run, trial.samples, refs)
+
+    front: dict[str, Any] = {"model": analysis.model, "component": analysis.component, "points": [], "baselines": {}}
+    for method, sols in results.items():
+        rows = []
+        for ratio, sol in zip(ratios, sols, strict=True):
+            if sol is None:
+                rows.append({"budget": ratio, "feasible": False})
+                continue
+            assignment = dict(zip(em.units, (em.options[c] for c in sol.choice), strict=True))
+            predicted = em.predict(sol.choice)
+            real = measured(sol.choice)
+            plan = make_plan(
+                inventory,
+                assignment,
+                bag=list(em.options),
+                budget=ratio,
+                predicted_mse=predicted,
+                measured_mse=real,
+                method=method,
+                status=sol.status,
+            )
+            folder = run_dir / "plans" if method == "anna" else run_dir / "plans" / "baselines"
+            prefix = "" if method == "anna" else f"{method}-"
+            path = plan.save(folder / f"{prefix}{plan_name(ratio)}.json")
+            rows.append(
+                {
+                    "budget": ratio,
+                    "size_ratio": plan.size_ratio,
+                    "bytes": plan.bytes,
+                    "predicted_mse": predicted,
+                    "measured_mse": real,
+                    "fp16_units": len(plan.fp16_units),
+                    "status": sol.status,
+                    "plan": str(path.relative_to(run_dir)),
+                }
+            )
+        if method == "anna":
+            front["points"] = rows
+        else:
+            front["baselines"][method] = rows
+    path = write_json(run_dir / "front.json", front)
+    if echo:
+        echo(_table(front))
+    return path
+
+
+def _table(front: dict[str, Any]) -> str:
+    methods = ["anna", *front["baselines"]]
+    series = {"anna": front["points"], **front["baselines"]}
+    key = "measured_mse" if any(p.get("measured_mse") is not None for p in front["points"]) else "predicted_mse"
+    lines = [f"{key} by budget:", f"{'budget':>8} " + " ".join(f"{m:>12}" for m in methods)]
+    for k, p in enumerate(front["points"]):
+        cells = []
+        for m in methods:
+            row = series[m][k]
+            cells.append(f"{row[key]:>12.4g}" if row.get(key) is not None else f"{'-':>12}")
+        lines.append(f"{p['budget']:>8.3f} " + " ".join(cells))
+    return "\n".join(lines)
