@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,9 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from anna.adapters import minilm
-from anna.calibrate.hooks import observe
-from anna.calibrate.observers import UnitObservers
-from anna.inventory import build_inventory, unit_modules
+from anna.calibrate import calibrate, load_stats
+from anna.inventory import build_inventory
 from anna.options import FP16, option_names
 from anna.options.apply import apply
 from anna.options.quant import sqnr_db
@@ -37,14 +37,11 @@ def embed(model: minilm.Model, module: torch.nn.Module) -> torch.Tensor:
         return torch.cat([model.forward(module, b) for b in model.batches])
 
 
-def calibrate(model: minilm.Model) -> dict:
-    module = model.component()
-    units = unit_modules(module)
-    obs = UnitObservers([(n, k) for n, k, _ in units])
-    with torch.inference_mode(), observe(units, obs):
-        for b in model.batches:
-            model.forward(module, b)
-    return obs.compute()
+def calibration_stats(model: minilm.Model) -> dict:
+    """The calibration stage as `anna calibrate` runs it, into a temporary run folder."""
+    with tempfile.TemporaryDirectory(prefix="anna-minilm-") as run:
+        calibrate(model, run, cache_samples=1, progress=False)
+        return load_stats(run)
 
 
 def compare(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
@@ -69,7 +66,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     calib = minilm.load(load_prompts(f"{args.tsv}:{args.calib}"))
-    stats = calibrate(calib)
+    stats = calibration_stats(calib)
     evalm = minilm.load(load_prompts(f"{args.tsv}:{args.eval_rows}"))
     base = evalm.component()
     ref = embed(evalm, base)

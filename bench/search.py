@@ -32,6 +32,34 @@ def sweep(analysis, top: float = 0.60, n: int = 11) -> list[float]:
     return [round(x, 4) for x in np.linspace(start, max(top, start), n)]
 
 
+def sketch_error(analysis, ks=(256, 1024, 4096), plans: int = 200) -> dict:
+    """Relative error of sketched predictions against the exact model (whose 'sketches' are the full deltas),
+    on random plans spanning the sweep: the sketch is linear, so it can be applied to the stored deltas."""
+    import torch
+
+    from anna.analyze.error_model import ErrorModel
+    from anna.analyze.sketch import CountSketch
+    from anna.analyze.validate import random_plans
+
+    em = analysis.error_model
+    n, m, d = em.sketches.shape
+    if d != em.n_elements:
+        return {"note": "the analysis was sketched, not exact; rerun with --sketch 0 to measure the sketch error"}
+    lo = analysis.size_ratio(analysis.sizes.argmin(1))
+    ratios = np.linspace(lo, 0.60, plans)
+    choices = [c for _, c in random_plans(analysis.sizes, analysis.base_bytes, analysis.total_bytes_fp16, ratios, 1)]
+    exact = np.array([sum(em.parts(c)) for c in choices])
+    out = {"output_elements": d}
+    for k in ks:
+        cs = CountSketch(k, seed=0)
+        flat = torch.from_numpy(em.sketches.reshape(n * m, d))
+        sk = torch.stack([cs(row, 0) for row in flat]).numpy().reshape(n, m, k)
+        approx = ErrorModel(em.units, em.options, em.diag, sk, em.n_elements)
+        rel = np.abs(np.array([sum(approx.parts(c)) for c in choices]) - exact) / exact
+        out[f"k={k}"] = {"median_rel_error": float(np.median(rel)), "p90_rel_error": float(np.quantile(rel, 0.9))}
+    return out
+
+
 def quality(front: dict, key: str) -> dict:
     """Per budget: anna's MSE, each baseline's, and whether anna is at most every feasible baseline."""
     rows, wins = [], 0
@@ -95,7 +123,10 @@ def bench_tiny(out: Path, quick: bool) -> dict:
     validation = json.loads((run_dir / "analysis" / "validation.json").read_text())
     q = quality(front, "measured_mse")
     print_table("tiny-sdxl UNet, measured MSE on the cached calibration inputs", q)
+    sketch = sketch_error(load_analysis(run_dir))
+    print(f"sketch error against exact deltas: {sketch}")
     return {
+        "sketch_error": sketch,
         "seconds": {"calibrate": t1 - t0, "analyze": t2 - t1, "search": t3 - t2},
         "validation": {k: validation[k] for k in ("n_plans", "spearman", "r2", "scale", "r2_scaled")},
         "quality": q,

@@ -1,7 +1,8 @@
 """tiny-sdxl: checkpoints of an all-`fp8-moderate` plan and of the published ten-units-in-FP16 plan.
 
-Calibrates the UNet on COCO caption rows (default 1-8), then per plan: applies it, generates, saves the checkpoint,
-loads it into a fresh base model and generates again. Reports the UNet size ratio (measured on the file: tensor bytes
+Calibrates the UNet on COCO caption rows (default 1-8), then per plan: applies it and generates; rounds what the
+checkpoint stores in FP16 (`round_to_checkpoint_`) and generates; saves the checkpoint, loads it into a fresh base
+model and generates again. Reports the UNet size ratio (measured on the file: tensor bytes
 over FP16 bytes), the header overhead, whether the images before saving and after loading are identical, and the
 image MSE (0-255) against the FP32 model on evaluation rows (default 4001-4008). The last line is a JSON object.
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from anna.adapters import load_model
 from anna.calibrate import calibrate, load_stats
-from anna.export.checkpoint import checkpoint_bytes, load_checkpoint_into, save_checkpoint
+from anna.export.checkpoint import checkpoint_bytes, load_checkpoint_into, round_to_checkpoint_, save_checkpoint
 from anna.generate import generate_images
 from anna.inventory import build_inventory
 from anna.options.apply import apply
@@ -43,7 +44,10 @@ PUBLISHED_FP16 = (
 PLANS = {
     "all-fp8-moderate": {"default": "fp8-moderate", "units": {}},
     "published-10-fp16": {"default": "fp8-moderate", "units": dict.fromkeys(PUBLISHED_FP16, "fp16")},
+    "all-fp8-absmax": {"default": "fp8-absmax", "units": {}},
+    "all-qdq-u8u16": {"default": "qdq-u8u16", "units": {}},
 }
+DEFAULT_PLANS = "all-fp8-moderate,published-10-fp16"
 
 
 def images(model, prompts, seed: int = 0) -> np.ndarray:
@@ -57,6 +61,7 @@ def main() -> None:
     ap.add_argument("--calib", default="1-8")
     ap.add_argument("--eval", dest="eval_rows", default="4001-4008")
     ap.add_argument("--out", default=None, help="where to keep the run and checkpoints (default: a temp folder)")
+    ap.add_argument("--plans", default=DEFAULT_PLANS, help=f"comma list of {', '.join(PLANS)}")
     args = ap.parse_args()
     t0 = time.time()
     work = Path(args.out or tempfile.mkdtemp(prefix="anna-tiny-"))
@@ -68,11 +73,13 @@ def main() -> None:
     prompts = load_prompts(f"{args.tsv}:{args.eval_rows}")
     ref = images(load_model("tiny-sdxl"), prompts)
     results = {}
-    for label, short in PLANS.items():
+    for label in args.plans.split(","):
         model = load_model("tiny-sdxl")
-        plan = plan_from_json(short, build_inventory(model, "unet"))
+        plan = plan_from_json(PLANS[label], build_inventory(model, "unet"))
         apply(model.component("unet"), plan, stats, echo=None)
-        before = images(model, prompts)
+        applied = images(model, prompts)  # fp16 units and the rest still hold their FP32 values
+        rounded = round_to_checkpoint_(model.component("unet"), plan)
+        before = images(model, prompts) if rounded else applied  # exactly what the checkpoint will hold
         ckpt = work / label
         info = save_checkpoint(model, "unet", plan, ckpt, model_spec="tiny-sdxl", echo=None)
         loaded = load_model("tiny-sdxl")
@@ -87,7 +94,8 @@ def main() -> None:
             "file_bytes": nb["file_bytes"],
             "byte_match": nb["tensor_bytes"] == plan.bytes,
             "size_ratio": info.size_ratio,
-            "rounded_tensors": info.rounded_tensors,
+            "rounded_tensors": rounded,
+            "mse_vs_fp32_applied_fp32_rest": float(((applied - ref) ** 2).mean()),
             "identical_after_load": bool(np.array_equal(before, after)),
             "max_abs_diff_after_load": float(np.abs(before - after).max()),
             "mse_vs_fp32_before_save": float(((before - ref) ** 2).mean()),

@@ -175,8 +175,9 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
 @cli.command(name="analyze")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A calibrated run directory.")
 @click.option("--bag", default=None, help="Comma-separated options (default: fp16 + the four FP8 variants).")
-@click.option("--sketch", "sketch_k", type=int, default=1024, show_default=True,
-              help="CountSketch size for the cross terms (0: exact deltas, for small outputs).")
+@click.option("--sketch", "sketch_k", type=int, default=None,
+              help="CountSketch size for the cross terms; 0: exact deltas. Default: exact when they fit in 256 MB, "
+              "else 1024.")
 @click.option("--fisher-samples", type=int, default=1, show_default=True, help="Samples for the Fisher baseline.")
 @click.option("--validate", type=int, default=30, show_default=True, help="Random plans to validate on (0: skip).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -195,12 +196,13 @@ def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, quiet):
 @click.option("--sizes", default=None, help="A sweep START:STOP:STEP, e.g. 0.50:0.60:0.01.")
 @click.option("--no-measure", is_flag=True, help="Skip measuring each plan's real MSE on the cached inputs.")
 @click.option("--no-baselines", is_flag=True, help="Skip the uniform/greedy/Fisher/random baselines.")
-def search_cmd(run_dir, size, sizes, no_measure, no_baselines):
+@click.option("--uncorrected", is_flag=True, help="Ignore the correction that validation fitted to the error model.")
+def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected):
     """Solve for the plan of least predicted MSE under each budget (DP with cross terms): plans/*.json, front.json."""
     from anna.search import parse_sizes, search
 
     path = search(run_dir, parse_sizes(size, sizes), measure=not no_measure, baselines=not no_baselines,
-                  echo=click.echo)
+                  corrected=not uncorrected, echo=click.echo)
     click.echo(f"wrote {path}")
 
 
@@ -269,7 +271,7 @@ def report_cmd(run_dir, max_grids):
 
 @cli.command(name="export")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Calibration run directory.")
-@click.option("--plan", "plan_path", required=True, help="Plan JSON (full or short form; relative to --run if not found).")
+@click.option("--plan", "plan_path", required=True, help="Plan JSON, full or short form (also looked up in --run).")
 @click.option("--format", "fmt", default="safetensors", show_default=True, help="safetensors or onnx-qdq.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
 def export_cmd(run_dir, plan_path, fmt, out):

@@ -52,7 +52,7 @@ class RunConfig:
     metrics: str = "mse,clip,fid"
     cache_samples: int = 4
     validate: int = 30
-    sketch_k: int = 1024
+    sketch_k: int | None = None
     max_mse: float | None = None
     max_fid_increase: float | None = None
     min_clip_delta: float | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,16 @@ def plan_name(ratio: float) -> str:
 
 def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[Any]]:
     """anna's DP and the baselines, each at every ratio (None where infeasible for that method)."""
-    from anna.solve import InfeasibleBudget, fisher, greedy_diagonal, min_bytes, random_plan, solve_front, uniform
+    from anna.solve import (
+        InfeasibleBudget,
+        fisher,
+        greedy_diagonal,
+        min_bytes,
+        random_plan,
+        solve_front,
+        solve_separable_front,
+        uniform,
+    )
 
     em, sizes, base, total = analysis.error_model, analysis.sizes, analysis.base_bytes, analysis.total_bytes_fp16
     budgets = [int(np.floor(r * total)) for r in ratios]
@@ -62,6 +72,12 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
         )
     G = em.gram()
     results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, reference_bytes=total)}
+    # Variants of anna's own model for the measured pick: uncorrected (every cross term) and own MSEs only.
+    if (em.diag_scale, em.cross_scale) != (1.0, 1.0):
+        raw = replace(em, diag_scale=1.0, cross_scale=1.0)
+        results["anna:uncorrected"] = solve_front(raw.gram(), sizes, budgets, base, reference_bytes=total)
+    if em.cross_scale != 0.0:
+        results["anna:own-only"] = solve_separable_front(em.diag, sizes, budgets, base, reference_bytes=total)
     rng = np.random.default_rng(0)
     methods: dict[str, Callable[[int], Any]] = {
         "uniform": lambda b: uniform(G, sizes, b, base),
@@ -81,12 +97,30 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
     return results
 
 
+def _pick_measured(results: dict[str, list[Any]], measured: Callable[[np.ndarray], float]) -> list[str]:
+    """The error model proposes, measurement disposes: at each budget keep the best measured of anna's candidates
+    (the corrected model's plan, the variants', and the plans chosen at smaller budgets, which also fit). Updates
+    results["anna"] in place and returns where each chosen plan came from."""
+    variants = [k for k in results if k == "anna" or k.startswith("anna:")]
+    chosen: list[Any] = []
+    sources: list[str] = []
+    for k in range(len(results["anna"])):
+        candidates = [(results[v][k], v) for v in variants if results[v][k] is not None]
+        candidates += [(c, "smaller-budget plan") for c in chosen]
+        best, source = min(candidates, key=lambda cs: measured(cs[0].choice))
+        chosen.append(best)
+        sources.append(source)
+        results["anna"][k] = best
+    return sources
+
+
 def search(
     run_dir: str | Path,
     ratios: Sequence[float],
     *,
     measure: bool = True,
     baselines: bool = True,
+    corrected: bool = True,
     model: Any = None,
     echo: Callable[[str], Any] | None = print,
 ) -> Path:
@@ -94,7 +128,7 @@ def search(
     from anna.plan import make_plan
 
     run_dir = Path(run_dir)
-    analysis = load_analysis(run_dir)
+    analysis = load_analysis(run_dir, corrected)
     em = analysis.error_model
     ratios = sorted(ratios)
     results = _solve_all(analysis, ratios)
@@ -115,16 +149,30 @@ def search(
 
         inventory = build_inventory(model or load_model(analysis.model), analysis.component)
 
+    cache: dict[tuple[int, ...], float] = {}
+
     def measured(choice: np.ndarray) -> float | None:
         if trial is None:
             return None
-        with trial.quantizer(dict(zip(em.units, (em.options[c] for c in choice), strict=True))):
-            return measured_mse(trial.run, trial.samples, refs)
+        key = tuple(int(c) for c in choice)
+        if key not in cache:
+            with trial.quantizer(dict(zip(em.units, (em.options[c] for c in choice), strict=True))):
+                cache[key] = measured_mse(trial.run, trial.samples, refs)
+        return cache[key]
 
-    front: dict[str, Any] = {"model": analysis.model, "component": analysis.component, "points": [], "baselines": {}}
+    sources = _pick_measured(results, measured) if trial is not None else ["model"] * len(ratios)
+    results = {k: v for k, v in results.items() if not k.startswith("anna:")}
+
+    front: dict[str, Any] = {
+        "model": analysis.model,
+        "component": analysis.component,
+        "error_model": {"diag_scale": em.diag_scale, "cross_scale": em.cross_scale},
+        "points": [],
+        "baselines": {},
+    }
     for method, sols in results.items():
         rows = []
-        for ratio, sol in zip(ratios, sols, strict=True):
+        for k, (ratio, sol) in enumerate(zip(ratios, sols, strict=True)):
             if sol is None:
                 rows.append({"budget": ratio, "feasible": False})
                 continue
@@ -140,6 +188,7 @@ def search(
                 measured_mse=real,
                 method=method,
                 status=sol.status,
+                **({"source": sources[k]} if method == "anna" else {}),
             )
             folder = run_dir / "plans" if method == "anna" else run_dir / "plans" / "baselines"
             prefix = "" if method == "anna" else f"{method}-"

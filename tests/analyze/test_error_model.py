@@ -116,3 +116,14 @@ def test_fisher_score_estimates_own_mse():
     ratio = em.fisher[:, 1:] / (em.diag[:, 1:] * em.n_elements)
     assert np.all(np.abs(ratio - 1) < 0.15)
     assert np.all(em.fisher[:, 0] == 0)
+
+
+def test_fit_correction_recovers_scales():
+    from anna.analyze.validate import fit_correction
+
+    rng = np.random.default_rng(0)
+    own, cross = rng.uniform(1, 2, 40), rng.uniform(-0.5, 1, 40)
+    a, b = fit_correction(own, cross, 0.8 * own + 0.3 * cross)
+    assert a == pytest.approx(0.8, abs=1e-6) and b == pytest.approx(0.3, abs=1e-6)
+    _, b = fit_correction(own, cross, own - 0.5 * cross)  # flipped interactions are clamped, never fitted
+    assert b == 0.0

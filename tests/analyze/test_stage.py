@@ -70,8 +70,13 @@ def test_analyze_resume_gives_the_same_model(run, tmp_path):
     assert em.fisher is not None and np.all(em.fisher[:, 1:] >= 0)
     validation = json.loads((run_dir / "analysis" / "validation.json").read_text())
     assert validation["n_plans"] >= 10
-    # the additive model ranks random plans of a real UNet correctly (measured 0.98 on this setup)
-    assert validation["spearman"] > 0.8
+    # the additive model ranks random plans of a real UNet well (Spearman 0.90 on bench/search.py's tiny run)
+    assert validation["spearman"] > 0.7
+    c = validation["correction"]
+    assert c["diag_scale"] > 0 and 0 <= c["cross_scale"] <= 1
+    assert c["r2"] >= validation["r2"] - 1e-9  # the fit can only do better in sample
+    assert load_analysis(run_dir).error_model.cross_scale == c["cross_scale"]
+    assert load_analysis(run_dir, corrected=False).error_model.cross_scale == 1.0
 
 
 def test_search_front_and_baselines(run):
@@ -81,7 +86,7 @@ def test_search_front_and_baselines(run):
     analysis = load_analysis(run_dir)
     lo = analysis.size_ratio(analysis.sizes.argmin(1))
     ratios = [round(lo + d, 4) for d in (0.002, 0.01, 0.03)]
-    front = json.loads(search(run_dir, ratios, model=model, echo=None).read_text())
+    front = json.loads(search(run_dir, ratios, model=model, measure=False, echo=None).read_text())
     points = front["points"]
     assert [p["budget"] for p in points] == ratios
     for p in points:
@@ -96,6 +101,13 @@ def test_search_front_and_baselines(run):
             if theirs.get("feasible", True):
                 # the solver minimises the same objective the baselines are scored on
                 assert ours["predicted_mse"] <= theirs["predicted_mse"] * (1 + 1e-9)
+
+    # measured: the model proposes, measurement picks; a smaller budget's plan is always a candidate
+    front = json.loads(search(run_dir, ratios, model=model, echo=None).read_text())
+    measured = [p["measured_mse"] for p in front["points"]]
+    assert all(m > 0 for m in measured) and measured == sorted(measured, reverse=True)
+    assert all(json.loads((run_dir / p["plan"]).read_text())["source"] for p in front["points"])
+    assert all(b["measured_mse"] > 0 for b in front["baselines"]["greedy"] if b.get("feasible", True))
 
 
 def test_infeasible_budget_and_bad_sizes(run):

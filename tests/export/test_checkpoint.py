@@ -269,3 +269,18 @@ def test_cli_export_errors(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["export", "--run", str(tmp_path), "--plan", "p.json", "--format", "zip", "--out", str(tmp_path / "c")])
     assert e.value.code == 2 and "unknown export format 'zip'" in capsys.readouterr().err
+
+
+def test_load_twice_is_an_error(ckpt) -> None:
+    path, _, _ = ckpt
+    fresh = _model()
+    load_checkpoint_into(fresh, path, echo=None)
+    _expect(path, "already holds quantized units", model=fresh)
+
+
+def test_load_checkpoint_needs_a_loadable_spec(ckpt) -> None:
+    from anna.export.checkpoint import load_checkpoint
+
+    path, _, _ = ckpt
+    with pytest.raises(AnnaError, match="unknown model 'small'"):
+        load_checkpoint(path, echo=None)

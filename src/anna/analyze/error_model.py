@@ -21,6 +21,10 @@ from tqdm.auto import tqdm
 from anna.analyze import fisher
 from anna.analyze.sketch import CountSketch, ExactProjection
 
+DEFAULT_SKETCH = 1024
+# Exact deltas (no sketch) when units x options x output elements x 4 bytes fit in this: tiny models, MiniLM.
+EXACT_LIMIT_BYTES = 256 * 2**20
+
 # quantize({unit: option}) -> a context manager under which the component runs with those units quantized.
 Quantizer = Callable[[dict[str, str]], AbstractContextManager[Any]]
 # run(sample) -> the component's output tensor for one cached input sample.
@@ -37,6 +41,9 @@ class ErrorModel:
     sketches: np.ndarray  # (n, m, k) float32
     n_elements: int  # D
     fisher: np.ndarray | None = None  # (n, m) float64, sum(grad_out^2 * delta_out^2) per unit and option
+    # Correction fitted on measured plans: MSE ~ diag_scale * sum(own MSEs) + cross_scale * sum(cross terms).
+    diag_scale: float = 1.0
+    cross_scale: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -46,25 +53,29 @@ class ErrorModel:
         """G over flat index i*m+j: sketch inner products off the diagonal, exact MSEs on it."""
         n, m = self.shape
         s = self.sketches.reshape(n * m, -1).astype(np.float64)
-        g = s @ s.T / self.n_elements
-        g[np.diag_indices_from(g)] = self.diag.reshape(-1)
+        g = s @ s.T * (self.cross_scale / self.n_elements)
+        g[np.diag_indices_from(g)] = self.diag.reshape(-1) * self.diag_scale
         bad = ~np.isfinite(self.diag.reshape(-1))
         g[bad, :] = 0.0
         g[:, bad] = 0.0
         g[bad, bad] = np.inf
         return g
 
-    def predict(self, choice: Sequence[int]) -> float:
-        """Predicted MSE of a plan given as one option index per unit."""
+    def parts(self, choice: Sequence[int]) -> tuple[float, float]:
+        """(sum of the units' own MSEs, sum of the cross terms) of a plan, uncorrected."""
         choice = np.asarray(choice)
         rows = np.arange(len(self.units))
         own = self.diag[rows, choice]
         if not np.all(np.isfinite(own)):
-            return float("inf")
+            return float("inf"), 0.0
         s = self.sketches[rows, choice].astype(np.float64)
         total = s.sum(0)
-        cross = (total @ total - np.einsum("ij,ij->", s, s)) / self.n_elements
-        return float(own.sum() + cross)
+        return float(own.sum()), float((total @ total - np.einsum("ij,ij->", s, s)) / self.n_elements)
+
+    def predict(self, choice: Sequence[int]) -> float:
+        """Predicted MSE of a plan given as one option index per unit (with the fitted correction)."""
+        own, cross = self.parts(choice)
+        return own * self.diag_scale + cross * self.cross_scale
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         out = {"diag": torch.from_numpy(self.diag), "sketches": torch.from_numpy(self.sketches)}
@@ -116,7 +127,7 @@ def build_error_model(
     options: Sequence[str],
     quantize: Quantizer,
     *,
-    sketch_k: int = 1024,  # 0: exact deltas (no sketch)
+    sketch_k: int | None = None,  # None: exact when it fits EXACT_LIMIT_BYTES, else DEFAULT_SKETCH; 0: exact
     seed: int = 0,
     progress: bool = True,
     state: ErrorModel | None = None,
@@ -134,8 +145,10 @@ def build_error_model(
         raise ValueError("options[0] must be fp16")
     refs = reference_outputs(run, samples)
     n_elements = sum(r.numel() for r in refs)
-    sketch = CountSketch(sketch_k, seed) if sketch_k > 0 else ExactProjection([r.numel() for r in refs])
     n, m = len(units), len(options)
+    if sketch_k is None:
+        sketch_k = 0 if n * m * n_elements * 4 <= EXACT_LIMIT_BYTES else DEFAULT_SKETCH
+    sketch = CountSketch(sketch_k, seed) if sketch_k > 0 else ExactProjection([r.numel() for r in refs])
     em = state or ErrorModel(
         units=list(units),
         options=list(options),

@@ -22,7 +22,7 @@ from anna.adapters.base import Model
 from anna.analyze.batching import merge_samples
 from anna.analyze.error_model import ErrorModel, build_error_model, measured_mse, reference_outputs
 from anna.analyze.quantizer import UnitQuantizer
-from anna.analyze.validate import measure_plans, random_plans, validation_report
+from anna.analyze.validate import corrected_report, measure_plans, random_plans, validation_report
 from anna.artifacts import read_json, read_tensors, write_json, write_tensors
 from anna.errors import AnnaError
 from anna.inventory import Inventory, build_inventory
@@ -111,7 +111,7 @@ def analyze(
     *,
     model: Model | None = None,
     bag: Sequence[str] | None = None,
-    sketch_k: int = 1024,
+    sketch_k: int | None = None,
     fisher_samples: int = 1,
     validate: int = 30,
     size_range: tuple[float, float] = (0.50, 0.60),
@@ -186,10 +186,15 @@ def analyze(
     if validate > 0:
         report = validate_model(trial, analysis, validate, size_range, seed)
         write_json(out / "validation.json", report)
+        c = report["correction"]
         if echo:
             echo(
                 f"validation on {report['n_plans']} random plans: Spearman {report['spearman']:.3f}, "
-                f"R^2 {report['r2']:.3f} (after scale {report['scale']:.3f}: {report['r2_scaled']:.3f})"
+                f"R^2 {report['r2']:.3f}; measured/predicted {report['median_ratio_measured_over_predicted']:.2f}"
+            )
+            echo(
+                f"correction: MSE ~ {c['diag_scale']:.3f} x own + {c['cross_scale']:.2f} x cross terms: "
+                f"R^2 {c['r2']:.3f} (out of sample {c['r2_out_of_sample']:.3f}), Spearman {c['spearman']:.3f}"
             )
     if echo:
         echo(f"analysis of {len(trial.units)} units x {len(options) - 1} options written to {out}")
@@ -208,8 +213,8 @@ def validate_model(trial: Trial, analysis: Analysis, n: int, size_range: tuple[f
         with trial.quantizer(trial.assignment(em.options, choice)):
             return measured_mse(trial.run, trial.samples, refs)
 
-    points = measure_plans(plans, measure, em.predict, analysis.size_ratio)
-    return {"size_range": [lo, hi], **validation_report(points)}
+    points = measure_plans(plans, measure, em.parts, analysis.size_ratio)
+    return {"size_range": [lo, hi], "correction": corrected_report(points), **validation_report(points)}
 
 
 def _load_partial(out: Path, config: dict[str, Any], config_id: str) -> tuple[ErrorModel | None, int]:
@@ -225,13 +230,16 @@ def _load_partial(out: Path, config: dict[str, Any], config_id: str) -> tuple[Er
     return em, int(meta["done"])
 
 
-def load_analysis(run_dir: str | Path) -> Analysis:
-    """Read the saved error model and sizes."""
+def load_analysis(run_dir: str | Path, corrected: bool = True) -> Analysis:
+    """Read the saved error model and sizes; with `corrected`, apply the correction that validation fitted."""
     out = Path(run_dir) / ANALYSIS
     meta = read_json(out / "error_model.json", "analysis (run `anna analyze` first)")
     em = ErrorModel.from_tensors(
         read_tensors(out / "error_model.safetensors", "error model"), meta["units"], meta["options"], meta["n_elements"]
     )
+    if corrected and (out / "validation.json").is_file():
+        correction = read_json(out / "validation.json", "validation")["correction"]
+        em.diag_scale, em.cross_scale = correction["diag_scale"], correction["cross_scale"]
     return Analysis(
         meta["model"],
         meta["component"],

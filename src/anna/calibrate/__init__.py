@@ -1,5 +1,12 @@
 """Calibration: run the model on calibration data, stream per-unit activation statistics into bounded-memory
-histograms, record weight per-channel absmax and cache a few of the component's own inputs, into `RUN/calibration/`.
+histograms, record weight per-channel absmax and cache a few of the component's own inputs.
+
+A run directory holds one model and one component:
+- `run.json`: model, component, settings, seed, prompts, cache config, run hash and a summary;
+- `calibration/stats.json`: per unit its kind and, per activation, min/max/absmax/percentiles/count/nonfinite;
+- `calibration/stats.safetensors`: `weight/UNIT/WEIGHT` per-channel absmax, `hist/UNIT/ACT/FIELD` histogram states;
+- `calibration/inputs.json` + `inputs.safetensors`: the cached component inputs (structure, origin; tensors);
+- `calibration/progress.safetensors`: only while a run is unfinished (the resume checkpoint).
 """
 
 from anna.calibrate.results import load_cached_inputs, load_run, load_stats, load_weight_absmax, run_component

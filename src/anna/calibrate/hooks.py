@@ -4,7 +4,8 @@
 - Attention units: the unit runs its own (fused) attention as usual, so the model's output and trajectory are
   exactly those of plain generation; a forward hook then re-runs the unit with an observing tap
   (`anna.attention.set_tap`) on the same arguments, discarding that output, to see input, context, out_in, q, k, v
-  and p. The extra cost is one plain attention per attention call.
+  and p. The price is that re-run (projections and explicit attention) on every attention call; in exchange the
+  statistics, the cached inputs and the component outputs are those of the unmodified pipeline, bit for bit.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
@@ -36,7 +37,7 @@ def data_fingerprint(tensors: Iterable[Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
         h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.detach().contiguous().cpu().reshape(-1).view(-1).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

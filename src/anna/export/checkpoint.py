@@ -175,9 +175,6 @@ def export_checkpoint(run_dir: str | Path, plan_path: str | Path, out_dir: str |
     from anna.adapters import load_model
 
     run_dir = Path(run_dir)
-    for fn in ("load_run", "load_stats"):
-        if not hasattr(calibrate, fn):
-            raise AnnaError(f"this anna has no calibration stage (anna.calibrate.{fn}); cannot export from a run")
     run = calibrate.load_run(run_dir)
     spec = run.get("model")
     if not spec:
@@ -207,7 +204,8 @@ def read_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, Any], dict[str, Ten
         size = path.stat().st_size
         header = safetensors_header_bytes(path)
         if header > size:
-            raise AnnaError(f"checkpoint tensors {path} are truncated: header says {header:,} bytes, file has {size:,}")
+            raise AnnaError(f"checkpoint tensors {path} are corrupt or truncated: the header claims {header:,} bytes, "
+                            f"the file has {size:,}")
         with open(path, "rb") as f:
             f.seek(8)
             meta = json.loads(f.read(header - 8)).get("__metadata__") or {}
@@ -233,8 +231,12 @@ def load_checkpoint_into(model: Model, ckpt_dir: str | Path, *, echo: Echo = pri
     component = obj.get("component") or model.default_component
     if component not in model.components:
         raise AnnaError(f"checkpoint {ckpt_dir} is for component '{component}', which {model.name} does not have")
-    plan = plan_from_json(obj, build_inventory(model, component), source=f"checkpoint {ckpt_dir}")
     comp = model.component(component)
+    already = next((n for n, m in comp.named_modules() if unit_option(m) is not None), None)
+    if already is not None:
+        raise AnnaError(f"{model.name}/{component} already holds quantized units (e.g. '{already}'): load a "
+                        "checkpoint into a fresh base model")
+    plan = plan_from_json(obj, build_inventory(model, component), source=f"checkpoint {ckpt_dir}")
     found = {name: (kind, module) for name, kind, module in unit_modules(comp)}
     quantized = {n: o for n, o in plan.units.items() if o != FP16}
     inside = tuple(f"{n}." for n in quantized)

@@ -57,6 +57,17 @@ QDQ_OPTION = "qdq-u8u16"
 Echo = Callable[[str], Any] | None
 
 
+def require_onnx() -> None:
+    """onnx, onnxruntime and onnxscript come with the `onnx` extra; say so in one line when one is missing."""
+    import importlib
+
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise AnnaError(f"ONNX export needs the package {name}: pip install 'anna[onnx]'") from None
+
+
 def _say(echo: Echo, msg: str) -> None:
     if echo is not None:
         echo(msg)
@@ -146,6 +157,7 @@ def export_pipeline_onnx(
     `cached_inputs` (calibration's cached `(args, kwargs)` of `run_component`) calibrate that component; every other
     quantized component is captured by running the pipeline on `prompts` (`capture_samples` calls at most).
     """
+    require_onnx()
     model.require_weights("export")
     if model.pipeline is None:
         raise AnnaError(f"model {model.name} is not a diffusion pipeline; use export_generic_onnx")
@@ -269,6 +281,7 @@ def export_onnx_qdq(
     from anna.inventory import build_inventory
     from anna.plan import load_plan
 
+    require_onnx()
     run_dir = Path(run_dir)
     run = calibrate.load_run(run_dir)
     spec = run.get("model")
@@ -320,6 +333,7 @@ def export_generic_onnx(
     Dims that differ between the calibration batches (batch size, sequence length) are dynamic. The calibration
     batches default to the model's own batches.
     """
+    require_onnx()
     if model.forward is None:
         raise AnnaError(f"model {model.name} has no forward function to export")
     component = next(iter(model.components))

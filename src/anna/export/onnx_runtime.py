@@ -69,7 +69,10 @@ def read_manifest(folder: str | Path, variant: str = "qdq") -> dict[str, Any]:
 
 def default_providers() -> list[str]:
     """CUDA when ORT has it, then CPU."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise AnnaError("running an ONNX export needs onnxruntime: pip install 'anna[onnx]'") from None
 
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -77,7 +80,10 @@ def default_providers() -> list[str]:
 
 def make_session(path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> Any:
     """An ORT inference session for one model file, with a one-line error for a file ORT cannot load."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise AnnaError("running an ONNX export needs onnxruntime: pip install 'anna[onnx]'") from None
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

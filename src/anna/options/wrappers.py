@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anna.attention import set_tap
 from anna.errors import AnnaError
 from anna.inventory import ACTIVATIONS, quantized_weights
 from anna.options.quant import fp8_linear, scaled_mm_available
@@ -254,10 +255,6 @@ def build_quantized_unit(
 def _quantize_attention(
     scheme: Scheme, option: str, module: nn.Module, state: Mapping[str, Tensor], where: str
 ) -> nn.Module:
-    try:
-        from anna.attention import set_tap
-    except ImportError as e:
-        raise AnnaError(f"{where}: quantizing attention units needs anna.attention ({e})") from None
     paths = [w[: -len(".weight")] if w.endswith(".weight") else "" for w, _ in quantized_weights(module)]
     if "" in paths:
         raise AnnaError(f"{where}: an attention unit must hold its weights in sub-modules")
