@@ -128,7 +128,7 @@ def bench_tiny(out: Path, quick: bool) -> dict:
     return {
         "sketch_error": sketch,
         "seconds": {"calibrate": t1 - t0, "analyze": t2 - t1, "search": t3 - t2},
-        "validation": {k: validation[k] for k in ("n_plans", "spearman", "r2", "scale", "r2_scaled")},
+        "validation": {k: validation[k] for k in ("n_plans", "spearman", "r2", "scale", "r2_scaled", "correction")},
         "quality": q,
     }
 
@@ -157,7 +157,7 @@ def bench_minilm(out: Path, quick: bool) -> dict:
     print_table("MiniLM, MSE on held-out rows 4001-4500", q_held)
     return {
         "seconds": {"calibrate": t1 - t0, "analyze": t2 - t1, "search_and_heldout": t3 - t2},
-        "validation": {k: validation[k] for k in ("n_plans", "spearman", "r2", "scale", "r2_scaled")},
+        "validation": {k: validation[k] for k in ("n_plans", "spearman", "r2", "scale", "r2_scaled", "correction")},
         "quality_calibration": q_cal,
         "quality_heldout": q_held,
     }

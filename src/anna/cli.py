@@ -19,10 +19,12 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     import diffusers
+    import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
     diffusers.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()  # offline retries are reported once, as a metric's reason
 
 
 def _settings(model, steps, guidance, height, width):
@@ -296,7 +298,8 @@ def export_cmd(run_dir, plan_path, fmt, out):
 @click.option("--metrics", default="mse,clip,fid", show_default=True)
 @click.option("--cache-samples", type=int, default=4, show_default=True, help="Cached component inputs.")
 @click.option("--validate", type=int, default=30, show_default=True, help="Random plans validating the error model.")
-@click.option("--max-mse", type=float, default=None, help="Selection: image MSE (0-255) at most this.")
+@click.option("--max-mse", type=float, default=30.0, show_default=True,
+              help="Selection: image MSE (0-255) at most this, at every steps value (30: PSNR >= 33 dB).")
 @click.option("--max-fid-increase", type=float, default=None, help="Selection: FID increase at most this.")
 @click.option("--min-clip-delta", type=float, default=None, help="Selection: CLIP change at least this (e.g. -0.5).")
 @click.option("--clip-model", default=None, help="CLIP hub id or local folder for the CLIP score.")

@@ -53,7 +53,7 @@ class RunConfig:
     cache_samples: int = 4
     validate: int = 30
     sketch_k: int | None = None
-    max_mse: float | None = None
+    max_mse: float | None = 30.0  # image MSE on 0-255 at every steps value: PSNR >= 33 dB
     max_fid_increase: float | None = None
     min_clip_delta: float | None = None
     clip_model: str | None = None
@@ -130,7 +130,7 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     thresholds = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse)
     try:
         selection = select_to_file(run_dir / "eval", thresholds, run_dir / "selected.json")
-        echo(f"selected {selection.name} (size ratio {selection.size_ratio:.4f})")
+        echo(f"selected {selection.chosen.name} (size ratio {selection.chosen.size_ratio:.4f}): {selection.reason}")
     except AnnaError as e:
         echo(f"no selection: {e}")
     stage("report")

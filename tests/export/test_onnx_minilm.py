@@ -28,6 +28,8 @@ from anna.export.onnx_runtime import OnnxModule  # noqa: E402
 from anna.options.quant import sqnr_db  # noqa: E402
 from anna.prompts import load_prompts  # noqa: E402
 
+pytestmark = pytest.mark.slow  # one export shared by the module: minutes, not seconds
+
 FP32_ATOL = 1e-5
 SQNR_FLOOR_DB = 27.0
 

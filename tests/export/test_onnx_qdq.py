@@ -43,6 +43,8 @@ from anna.export.onnx_runtime import OnnxSDXLPipeline, load_onnx_into, read_mani
 from anna.options.quant import sqnr_db  # noqa: E402
 from anna.prompts import load_prompts  # noqa: E402
 
+pytestmark = pytest.mark.slow  # one export shared by the module: minutes, not seconds
+
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
 SETTINGS = GenerationSettings(steps=2, guidance=5.0, height=64, width=64)
 FP32_ATOL = 2e-5

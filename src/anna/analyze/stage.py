@@ -136,6 +136,10 @@ def analyze(
         "seed": seed,
     }
     config_id = _config_id(config)
+    if _finished(out, config_id, validate):
+        if echo:
+            echo(f"analysis in {out} is up to date")
+        return out
     state, done = _load_partial(out, config, config_id)
     if done and echo:
         echo(f"resuming analysis after {done} of {len(trial.units)} units")
@@ -215,6 +219,17 @@ def validate_model(trial: Trial, analysis: Analysis, n: int, size_range: tuple[f
 
     points = measure_plans(plans, measure, em.parts, analysis.size_ratio)
     return {"size_range": [lo, hi], "correction": corrected_report(points), **validation_report(points)}
+
+
+def _finished(out: Path, config_id: str, validate: int) -> bool:
+    """An analysis with the same configuration is complete (with its validation when one is asked for)."""
+    meta = out / "error_model.json"
+    if not meta.is_file() or read_json(meta, "analysis").get("config_id") != config_id:
+        return False
+    if validate <= 0:
+        return True
+    path = out / "validation.json"
+    return path.is_file() and read_json(path, "validation").get("n_plans", 0) > 0
 
 
 def _load_partial(out: Path, config: dict[str, Any], config_id: str) -> tuple[ErrorModel | None, int]:

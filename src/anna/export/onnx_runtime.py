@@ -253,7 +253,7 @@ def load_onnx_into(model: Model, folder: str | Path, *, variant: str = "qdq", pr
     """Make `model` generate through the ONNX export in `folder` (its pipeline becomes an `OnnxSDXLPipeline`).
 
     Returns the export's plan as a `Plan` (for an export without a plan: every unit of the run's component in
-    `qdq-u8u16`), so callers that report a checkpoint's plan can do the same here.
+    `qdq-u8u16`, or `fp16` when that component was exported unquantized).
     """
     from anna.inventory import build_inventory
     from anna.plan import make_plan, plan_from_json
@@ -269,7 +269,8 @@ def load_onnx_into(model: Model, folder: str | Path, *, variant: str = "qdq", pr
     if manifest.get("plan"):
         plan = plan_from_json(manifest["plan"], inventory, source=f"ONNX folder {folder}")
     else:
-        plan = make_plan(inventory, {}, default="qdq-u8u16")
+        quantized = manifest["components"].get(component, {}).get("quantized", False)
+        plan = make_plan(inventory, {}, default="qdq-u8u16" if quantized else "fp16")
     if echo is not None:
         comps = manifest["components"]
         total = sum(int(comps[c]["bytes"]) for c in comps)
