@@ -166,12 +166,35 @@ def validation_points(
     return pts, rho, r2, "front.json (computed by the report)"
 
 
-def plot_validation(pts: Sequence[tuple[float, float]], rho: float | None, r2: float | None, path: Path) -> Path:
-    """Predicted vs measured MSE with the y = x line, titled with the correlation."""
+def corrected_points(validation: Mapping[str, Any] | None) -> tuple[list[tuple[float, float]], dict] | None:
+    """(corrected prediction, measured) per validation plan, from the fitted correction, when there is one."""
+    c = (validation or {}).get("correction")
+    if not c:
+        return None
+    pts = [
+        (c["diag_scale"] * p["own"] + c["cross_scale"] * p["cross"], p["measured"])
+        for p in validation.get("points", [])
+        if p.get("own") is not None and p.get("cross") is not None
+    ]
+    return (pts, c) if pts else None
+
+
+def plot_validation(
+    pts: Sequence[tuple[float, float]],
+    rho: float | None,
+    r2: float | None,
+    path: Path,
+    corrected: Sequence[tuple[float, float]] | None = None,
+) -> Path:
+    """Predicted vs measured MSE with the y = x line, titled with the correlation; the corrected model beside it."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
     x, y = [a for a, _ in pts], [b for _, b in pts]
-    ax.scatter(x, y, s=22, color="#1f77b4", edgecolor="k", lw=0.4)
+    ax.scatter(x, y, s=22, color="#1f77b4", edgecolor="k", lw=0.4, label="additive model")
+    if corrected:
+        ax.scatter([a for a, _ in corrected], [b for _, b in corrected], s=22, color="#ff7f0e", marker="^",
+                   edgecolor="k", lw=0.4, label="with fitted correction")
+        x, y = x + [a for a, _ in corrected], y + [b for _, b in corrected]
     positive = [v for v in x + y if v > 0]
     if positive and len(positive) == len(x) + len(y):
         lo, hi = min(positive), max(positive)
@@ -370,9 +393,17 @@ def build_report(run_dir: str | Path, *, max_grids: int = 12, out: str | Path | 
     val = validation_points(validation, front)
     if val and val[0]:
         pts, rho, r2, source = val
-        path = plot_validation(pts, rho, r2, assets / "validation.png")
-        body.append(f"<figure>{_img(path, 'predicted vs measured MSE')}<figcaption>{len(pts)} points from "
-                    f"{_e(source)}: Spearman ρ = {_fmt(rho, '.3f')}, R² = {_fmt(r2, '.3f')}</figcaption></figure>")
+        corr = corrected_points(validation)
+        path = plot_validation(pts, rho, r2, assets / "validation.png", corr[0] if corr else None)
+        caption = f"{len(pts)} points from {_e(source)}: Spearman ρ = {_fmt(rho, '.3f')}, R² = {_fmt(r2, '.3f')}"
+        if corr:
+            c = corr[1]
+            caption += (
+                f". Fitted correction MSE ≈ {c['diag_scale']:.3f} × own + {c['cross_scale']:.2f} × cross terms: "
+                f"R² = {_fmt(c['r2'], '.3f')} (out of sample {_fmt(c['r2_out_of_sample'], '.3f')}), "
+                f"Spearman ρ = {_fmt(c['spearman'], '.3f')}"
+            )
+        body.append(f"<figure>{_img(path, 'predicted vs measured MSE')}<figcaption>{caption}</figcaption></figure>")
     else:
         body.append(_na("analysis/validation.json (and no measured MSE in front.json)"))
 
