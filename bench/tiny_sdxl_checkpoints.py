@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from anna.adapters import load_model
+from anna.adapters.sdxl_meta import PUBLISHED_FP16_UNITS, published_plan
 from anna.calibrate import calibrate, load_stats
 from anna.export.checkpoint import checkpoint_bytes, load_checkpoint_into, round_to_checkpoint_, save_checkpoint
 from anna.generate import generate_images
@@ -29,21 +30,9 @@ from anna.plan import plan_from_json
 from anna.prompts import load_prompts
 
 DEFAULT_TSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2014_val_captions.tsv"
-PUBLISHED_FP16 = (
-    "conv_in",
-    "time_embedding.linear_1",
-    "down_blocks.0.downsamplers.0.conv",
-    "down_blocks.1.resnets.0.conv_shortcut",
-    "up_blocks.1.resnets.2.conv_shortcut",
-    "up_blocks.2.resnets.0.conv_shortcut",
-    "up_blocks.2.resnets.1.conv_shortcut",
-    "up_blocks.2.resnets.2.conv2",
-    "up_blocks.2.resnets.2.conv_shortcut",
-    "conv_out",
-)
 PLANS = {
     "all-fp8-moderate": {"default": "fp8-moderate", "units": {}},
-    "published-10-fp16": {"default": "fp8-moderate", "units": dict.fromkeys(PUBLISHED_FP16, "fp16")},
+    "published-10-fp16": published_plan(),
     "all-fp8-absmax": {"default": "fp8-absmax", "units": {}},
     "all-qdq-u8u16": {"default": "qdq-u8u16", "units": {}},
 }
@@ -67,7 +56,7 @@ def main() -> None:
     work = Path(args.out or tempfile.mkdtemp(prefix="anna-tiny-"))
     base = load_model("tiny-sdxl")
     names = set(build_inventory(base, "unet").names)
-    missing = [n for n in PUBLISHED_FP16 if n not in names]
+    missing = [n for n in PUBLISHED_FP16_UNITS if n not in names]
     calibrate(base, work / "run", component="unet", prompts=load_prompts(f"{args.tsv}:{args.calib}"), progress=False)
     stats = load_stats(work / "run")
     prompts = load_prompts(f"{args.tsv}:{args.eval_rows}")

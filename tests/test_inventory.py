@@ -3,22 +3,12 @@ from collections import Counter
 import pytest
 from torch import nn
 
+from anna.adapters.sdxl_meta import PUBLISHED_FP16_UNITS
 from anna.errors import AnnaError
 from anna.inventory import build_inventory, match_patterns, unit_bytes
 from anna.options import get_option
 
-TEN = [
-    "conv_in",
-    "time_embedding.linear_1",
-    "down_blocks.0.downsamplers.0.conv",
-    "down_blocks.1.resnets.0.conv_shortcut",
-    "up_blocks.1.resnets.2.conv_shortcut",
-    "up_blocks.2.resnets.0.conv_shortcut",
-    "up_blocks.2.resnets.1.conv_shortcut",
-    "up_blocks.2.resnets.2.conv2",
-    "up_blocks.2.resnets.2.conv_shortcut",
-    "conv_out",
-]
+TEN = PUBLISHED_FP16_UNITS
 
 
 def test_sdxl_unit_counts(sdxl_model):

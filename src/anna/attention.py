@@ -7,9 +7,10 @@
 - "p": the softmax probabilities;
 - "out_in": the merged heads fed to the output projection.
 The tap returns the tensor to use: calibration observes and returns it unchanged, quantization returns it
-fake-quantized. diffusers `Attention` gets an attention processor with explicit math (the probabilities exist, in
-query chunks of bounded size); transformers attention (CLIP, BERT) gets pre-hooks on its projections and a registered
-attention function that routes tapped modules through the same explicit math.
+fake-quantized. A tap must be a plain callable (a function or a bound method), not an `nn.Module`: on transformers
+attention it is stored on every sub-module. diffusers `Attention` gets an attention processor with explicit math (the
+probabilities exist, in query chunks of bounded size); transformers attention (CLIP, BERT) gets pre-hooks on its
+projections and a registered attention function that routes tapped modules through the same explicit math.
 """
 
 from __future__ import annotations

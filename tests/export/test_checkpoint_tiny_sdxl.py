@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from anna.adapters import load_model
+from anna.adapters.sdxl_meta import PUBLISHED_FP16_UNITS, published_plan
 from anna.calibrate import calibrate, load_stats
 from anna.cli import main
 from anna.export.checkpoint import (
@@ -30,19 +31,7 @@ from anna.prompts import load_prompts
 
 pytestmark = pytest.mark.slow
 
-PUBLISHED_FP16 = [
-    "conv_in",
-    "time_embedding.linear_1",
-    "down_blocks.0.downsamplers.0.conv",
-    "down_blocks.1.resnets.0.conv_shortcut",
-    "up_blocks.1.resnets.2.conv_shortcut",
-    "up_blocks.2.resnets.0.conv_shortcut",
-    "up_blocks.2.resnets.1.conv_shortcut",
-    "up_blocks.2.resnets.2.conv2",
-    "up_blocks.2.resnets.2.conv_shortcut",
-    "conv_out",
-]
-PUBLISHED = {"default": "fp8-moderate", "units": dict.fromkeys(PUBLISHED_FP16, "fp16")}
+PUBLISHED = published_plan()
 ALL_MODERATE = {"default": "fp8-moderate"}
 FP16_BYTES = 6_110_472  # tiny-sdxl UNet, every tensor in FP16 (anna inspect)
 
@@ -61,7 +50,7 @@ def _pixels(images) -> np.ndarray:
 
 def test_published_units_exist() -> None:
     names = set(build_inventory(load_model("tiny-sdxl"), "unet").names)
-    assert [n for n in PUBLISHED_FP16 if n not in names] == []
+    assert [n for n in PUBLISHED_FP16_UNITS if n not in names] == []
 
 
 def test_cli_export_then_generate_all_fp8_moderate(run_dir, tmp_path, capsys, coco_tsv) -> None:
@@ -102,7 +91,7 @@ def test_published_plan_reload_identical(run_dir, tmp_path, coco_tsv) -> None:
     unet = model.component("unet")
     plan = plan_from_json(PUBLISHED, build_inventory(model, "unet"))
     assert len(plan.fp16_units) == 10 and plan.bytes == 3_221_140
-    kept = {n: unet.get_submodule(n) for n in PUBLISHED_FP16}
+    kept = {n: unet.get_submodule(n) for n in PUBLISHED_FP16_UNITS}
     apply(unet, plan, load_stats(run_dir), echo=None)
     assert all(unet.get_submodule(n) is m and unit_option(m) is None for n, m in kept.items())
     # the ten fp16 units hold random FP32 weights: the checkpoint stores them in FP16 (10 weights + 10 biases)

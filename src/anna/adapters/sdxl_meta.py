@@ -30,6 +30,27 @@ SDXL_UNET_CONFIG: dict = {
 }
 
 
+# A published SDXL-Turbo study: a buffer of about 0.1% of model size keeps exactly these ten UNet units in FP16,
+# everything else in FP8.
+PUBLISHED_FP16_UNITS = (
+    "conv_in",
+    "time_embedding.linear_1",
+    "down_blocks.0.downsamplers.0.conv",
+    "down_blocks.1.resnets.0.conv_shortcut",
+    "up_blocks.1.resnets.2.conv_shortcut",
+    "up_blocks.2.resnets.0.conv_shortcut",
+    "up_blocks.2.resnets.1.conv_shortcut",
+    "up_blocks.2.resnets.2.conv2",
+    "up_blocks.2.resnets.2.conv_shortcut",
+    "conv_out",
+)
+
+
+def published_plan(default: str = "fp8-moderate") -> dict:
+    """The published configuration as a short-form plan: the ten units in FP16, the rest in `default`."""
+    return {"default": default, "units": dict.fromkeys(PUBLISHED_FP16_UNITS, "fp16")}
+
+
 def build_unet() -> UNet2DConditionModel:
     with torch.device("meta"):
         return UNet2DConditionModel(**SDXL_UNET_CONFIG)

@@ -74,16 +74,9 @@ class Trial:
 
 def open_trial(run_dir: str | Path, model: Model | None = None, max_batch: int = 16) -> Trial:
     """Load the run's model (from run.json unless given), statistics and cached inputs."""
-    from anna.adapters import load_model
-    from anna.calibrate import load_cached_inputs, load_run, load_stats
+    from anna.calibrate import load_cached_inputs, load_run_model, load_stats
 
-    run = load_run(run_dir)
-    if model is None:
-        model = load_model(run["model"])
-    elif model.name != run["model"]:
-        raise AnnaError(f"run {run_dir} was calibrated on '{run['model']}', not '{model.name}'")
-    model.require_weights("analyze")
-    component = run["component"]
+    _, model, component = load_run_model(run_dir, "analyze", model)
     stats = load_stats(run_dir)
     inventory = build_inventory(model, component)
     units = [u.name for u in inventory.units if u.name in stats]

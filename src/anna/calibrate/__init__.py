@@ -9,7 +9,22 @@ A run directory holds one model and one component:
 - `calibration/progress.safetensors`: only while a run is unfinished (the resume checkpoint).
 """
 
-from anna.calibrate.results import load_cached_inputs, load_run, load_stats, load_weight_absmax, run_component
+from anna.calibrate.results import (
+    load_cached_inputs,
+    load_run,
+    load_run_model,
+    load_stats,
+    load_weight_absmax,
+    run_component,
+)
 from anna.calibrate.runner import calibrate
 
-__all__ = ["calibrate", "load_cached_inputs", "load_run", "load_stats", "load_weight_absmax", "run_component"]
+__all__ = [
+    "calibrate",
+    "load_cached_inputs",
+    "load_run",
+    "load_run_model",
+    "load_stats",
+    "load_weight_absmax",
+    "run_component",
+]

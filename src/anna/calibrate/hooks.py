@@ -1,25 +1,39 @@
 """Hooks that feed the observers, in a context manager that always removes them.
 
 - Conv/Linear units: a forward pre-hook observes the input.
-- Attention units: the unit runs its own (fused) attention as usual, so the model's output and trajectory are
-  exactly those of plain generation; a forward hook then re-runs the unit with an observing tap
-  (`anna.attention.set_tap`) on the same arguments, discarding that output, to see input, context, out_in, q, k, v
-  and p. The price is that re-run (projections and explicit attention) on every attention call; in exchange the
-  statistics, the cached inputs and the component outputs are those of the unmodified pipeline, bit for bit.
+- diffusers attention units with a standard processor (`AttnProcessor2_0`, `AttnProcessor`): the unit runs its own
+  (fused) attention as usual, so the model's output and trajectory are exactly those of plain generation. Hooks on
+  its projections observe what they see: "input" (to_q's input), "context" (to_k's input), "out_in" (to_out[0]'s
+  input) and the q, k, v projections' outputs (per-tensor statistics do not depend on the head layout; `norm_q` and
+  `norm_k` are applied as the processor does). Only the softmax probabilities "p" do not exist in the fused run:
+  a forward hook on the unit computes them from the captured q and k exactly as the tapped explicit math
+  (`anna.attention.tapped_attention`) does (same scale, mask and query chunks, bit for bit), without the
+  projections, the PV product or the output projection.
+- Other attention units (transformers CLIP/BERT, unknown processors): a forward hook re-runs the unit with an
+  observing tap (`anna.attention.set_tap`) on the same arguments, discarding that output, to see input, context,
+  out_in, q, k, v and p.
+
+Either way the statistics, the cached inputs and the component outputs are those of the unmodified pipeline.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from anna.attention import Tap, set_tap
+from anna.attention import MAX_SCORE_ELEMENTS, Tap, set_tap
 from anna.calibrate.observers import UnitObservers
 from anna.inventory import ACTIVATIONS
+
+# diffusers processors whose math is the tapped processor's (TappedAttnProcessor) up to the fused attention call
+_STANDARD_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
 
 
 def _input_hook(collect: Callable[[Tensor], None]) -> Callable[..., None]:
@@ -76,15 +90,99 @@ def _attention_hook(module: nn.Module, tap: Tap) -> Callable[..., None]:
     return hook
 
 
+def _observes_by_projections(module: nn.Module) -> bool:
+    """Whether `module` is a diffusers attention whose processor the projection hooks reproduce."""
+    if not (hasattr(module, "set_processor") and hasattr(module, "to_q") and hasattr(module, "to_out")):
+        return False
+    if getattr(module, "add_k_proj", None) is not None or getattr(module, "add_v_proj", None) is not None:
+        return False
+    return type(getattr(module, "processor", None)).__name__ in _STANDARD_PROCESSORS
+
+
+def attention_probabilities(
+    query: Tensor, key: Tensor, scale: float, mask: Tensor | None, collect: Callable[[Tensor], None]
+) -> None:
+    """Collect softmax(q k^T * scale + mask) on (batch, heads, seq, dim) tensors, in the query chunks and with the
+    exact ops of `anna.attention.tapped_attention` (so the probabilities are bit for bit the tapped math's)."""
+    b, h, n_q, _ = query.shape
+    rows = max(1, MAX_SCORE_ELEMENTS // max(1, b * h * key.shape[-2]))
+    kt = key.transpose(-1, -2)
+    for start in range(0, n_q, rows):
+        scores = torch.matmul(query[:, :, start : start + rows], kt) * scale
+        if mask is not None:
+            m = mask if mask.shape[-2] == 1 else mask[..., start : start + rows, :]
+            scores = scores + m
+        collect(F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype))
+
+
+def _call_arg(args: tuple, kwargs: dict[str, Any], index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) -> list[RemovableHandle]:
+    """Hooks observing a standard diffusers attention unit through its projections (see the module docstring)."""
+    col = {act: observers.collector(unit, act) for act in ACTIVATIONS["attention"]}
+    held: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: tuple, output: Tensor) -> None:
+            held[name] = output
+
+        return hook
+
+    def done(mod: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        query, key, value = held.pop("q"), held.pop("k"), held.pop("v")
+        attn = module
+        hidden = _call_arg(args, kwargs, 0, "hidden_states")
+        context = _call_arg(args, kwargs, 1, "encoder_hidden_states")
+        mask = _call_arg(args, kwargs, 2, "attention_mask")
+        batch_size = query.shape[0]
+        head_dim = key.shape[-1] // attn.heads
+        q = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        k = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if mask is not None:
+            src = hidden if context is None else context
+            sequence_length = src.shape[2] * src.shape[3] if src.ndim == 4 else src.shape[1]
+            mask = attn.prepare_attention_mask(mask, sequence_length, batch_size)
+            mask = mask.view(batch_size, attn.heads, -1, mask.shape[-1])
+        col["q"](query if attn.norm_q is None else q)
+        col["k"](key if attn.norm_k is None else k)
+        col["v"](value)
+        scale = attn.scale if getattr(attn, "scale", None) is not None else 1 / math.sqrt(head_dim)
+        attention_probabilities(q, k, scale, mask, col["p"])
+
+    return [
+        module.to_q.register_forward_pre_hook(_input_hook(col["input"])),
+        module.to_q.register_forward_hook(keep("q")),
+        module.to_k.register_forward_pre_hook(_input_hook(col["context"])),
+        module.to_k.register_forward_hook(keep("k")),
+        module.to_v.register_forward_hook(keep("v")),
+        module.to_out[0].register_forward_pre_hook(_input_hook(col["out_in"])),
+        module.register_forward_hook(done, with_kwargs=True),
+    ]
+
+
 @contextmanager
-def observe(units: Sequence[tuple[str, str, nn.Module]], observers: UnitObservers) -> Iterator[None]:
-    """Install the observing hooks on `units` ((name, kind, module) triples) for the duration of the block."""
+def observe(
+    units: Sequence[tuple[str, str, nn.Module]], observers: UnitObservers, rerun_attention: bool = False
+) -> Iterator[None]:
+    """Install the observing hooks on `units` ((name, kind, module) triples) for the duration of the block.
+
+    `rerun_attention` forces the tapped re-run for every attention unit (the reference the projection hooks match).
+    """
     handles: list[RemovableHandle] = []
     try:
         for name, kind, module in units:
             if kind == "attention":
-                hook = _attention_hook(module, observing_tap(observers, name))
-                handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                if not rerun_attention and _observes_by_projections(module):
+                    handles.extend(_projection_hooks(module, observers, name))
+                else:
+                    hook = _attention_hook(module, observing_tap(observers, name))
+                    handles.append(module.register_forward_hook(hook, with_kwargs=True))
             else:
                 handles.append(module.register_forward_pre_hook(_input_hook(observers.collector(name, "input"))))
         yield

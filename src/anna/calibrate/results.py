@@ -22,6 +22,22 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return read_json(layout.run_json(run_dir), "run record (run.json; run `anna calibrate` first)")
 
 
+def load_run_model(run_dir: str | Path, stage: str, model: Model | None = None) -> tuple[dict[str, Any], Model, str]:
+    """run.json, the run's model (loaded from its spec unless given; it must be the same model) and component."""
+    from anna.adapters import load_model
+
+    run = load_run(run_dir)
+    spec = run.get("model")
+    if not spec:
+        raise AnnaError(f"{run_dir}/run.json names no model")
+    if model is None:
+        model = load_model(spec)
+    elif model.name != spec:
+        raise AnnaError(f"run {run_dir} was calibrated on '{spec}', not '{model.name}'")
+    model.require_weights(stage)
+    return run, model, run.get("component") or model.default_component
+
+
 def load_stats(run_dir: str | Path) -> dict[str, dict[str, ActStats]]:
     """unit -> activation name -> ActStats. Activations that saw no finite value are left out."""
     data = read_json(layout.stats_json(run_dir), "calibration statistics")

@@ -172,16 +172,10 @@ def export_checkpoint(run_dir: str | Path, plan_path: str | Path, out_dir: str |
                       ) -> CheckpointInfo:
     """Load the model of a calibration run (``run.json``), apply the plan with the run's statistics, save."""
     from anna import calibrate
-    from anna.adapters import load_model
 
     run_dir = Path(run_dir)
-    run = calibrate.load_run(run_dir)
-    spec = run.get("model")
-    if not spec:
-        raise AnnaError(f"{run_dir}/run.json names no model")
-    model = load_model(spec)
-    model.require_weights("export")
-    component = run.get("component") or model.default_component
+    run, model, component = calibrate.load_run_model(run_dir, "export")
+    spec = run["model"]
     plan = load_plan(_resolve_plan_path(run_dir, plan_path), build_inventory(model, component))
     stats = calibrate.load_stats(run_dir)
     apply(model.component(component), plan, stats, echo=echo)

@@ -277,21 +277,15 @@ def export_onnx_qdq(
 ) -> dict[str, Any]:
     """The command's entry: load the run's model, settings, prompts and cached inputs, the plan, then export."""
     from anna import calibrate
-    from anna.adapters import load_model
     from anna.inventory import build_inventory
     from anna.plan import load_plan
 
     require_onnx()
     run_dir = Path(run_dir)
-    run = calibrate.load_run(run_dir)
-    spec = run.get("model")
-    if not spec:
-        raise AnnaError(f"{run_dir}/run.json names no model")
-    model = load_model(spec)
-    model.require_weights("export")
+    run, model, component = calibrate.load_run_model(run_dir, "export")
+    spec = run["model"]
     if model.pipeline is None:
         raise AnnaError(f"model {spec} is not a diffusion pipeline: export generic models with export_generic_onnx")
-    component = run.get("component") or model.default_component
     plan = None
     if plan_path is not None:
         p = Path(plan_path)

@@ -16,6 +16,10 @@ from anna.inventory import ACTIVATIONS
 from anna.options.schemes import Scheme
 from anna.options.wrappers import build_quantized_unit, quantize_unit_state
 
+# Activations that keep their full calibrated range under every option: the softmax probabilities lie in [0, 1] and
+# their largest values carry the attention; clipping them to a percentile (p90 of a softmax is tiny) destroys it.
+FULL_RANGE = frozenset({"p"})
+
 
 class QuantizingOption:
     """Mixin for registered options that quantize a unit. Subclasses are frozen dataclasses with ``name`` and
@@ -35,7 +39,10 @@ class QuantizingOption:
         missing = [a for a in ACTIVATIONS[kind] if stats.get(a) is None]
         if missing:
             raise AnnaError(f"{where}: no calibration statistics for activation(s) {', '.join(missing)}")
-        return {a: self.activation_range(stats[a]) for a in ACTIVATIONS[kind]}
+        return {
+            a: (stats[a].min, stats[a].max) if a in FULL_RANGE else self.activation_range(stats[a])
+            for a in ACTIVATIONS[kind]
+        }
 
     def quantize(self, module: nn.Module, kind: str, stats: Mapping[str, ActStats], where: str = "unit"
                  ) -> dict[str, Tensor]:
