@@ -40,6 +40,7 @@ Non-finite values (NaN, +-Inf) never enter the histogram or min/max: they are co
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -287,13 +288,29 @@ class StreamingHistogram:
         """Number of NaN/Inf values collected and excluded (syncs)."""
         return int(self._nonfinite)
 
+    @property
+    def nonfinite_tensor(self) -> Tensor:
+        """The non-finite count as a 0-dim int64 tensor on the state's device (no sync). Never updated in place:
+        a reference taken before a collect keeps the count before it."""
+        return self._nonfinite
+
     # -- window ----------------------------------------------------------------------------------------------------
 
     def _slide(self, counts: Tensor, top: Tensor, new_top: Tensor) -> Tensor:
         """Counts re-binned from the window ending at binade ``top`` to the one ending at ``new_top >= top``.
 
-        Branch-free (no sync): the bins that leave the window add into the underflow bin, the rest move down.
+        Branch-free (no sync): the bins that leave the window add into the underflow bin, the rest move down. On
+        the CPU, where host reads are free, the same moves are done by slicing (a strided ``index_add_`` is slow).
         """
+        if counts.device.type == "cpu":
+            shift, half = (int(new_top) - int(top)) << self.mantissa_bits, self._half
+            out = torch.zeros_like(counts)
+            if shift >= half:
+                out[:, 0] = counts.sum(1)
+            else:
+                out[:, 0] = counts[:, : shift + 1].sum(1)
+                out[:, 1 : half - shift] = counts[:, shift + 1 :]
+            return out
         shift = (new_top - top) << self.mantissa_bits
         dest = (_arange(self._half, counts.device) - shift).clamp_(min=0)
         return torch.zeros_like(counts).index_add_(1, dest, counts)
@@ -318,6 +335,8 @@ class StreamingHistogram:
             chunk = chunk.float()  # float64 and others: rounded to float32
         chunk = chunk.contiguous()
         sync_free = _sync_free(chunk.device)
+        if not sync_free and chunk.numel() < _SMALL and self._collect_small_cpu(chunk):
+            return
         lo, hi = _finite_min_max(chunk, sync_free)
         self._min = torch.minimum(self._min, lo)
         self._max = torch.maximum(self._max, hi)
@@ -333,6 +352,36 @@ class StreamingHistogram:
         hist = binner(chunk, low_key, m, half, sync_free).view(2, half + 1)
         self._counts = self._counts + hist[:, :half]
         self._nonfinite = self._nonfinite + hist[:, half].sum()
+
+    def _collect_small_cpu(self, chunk: Tensor) -> bool:
+        """The CPU path for a small contiguous chunk with only finite values, in few ops: the scalar bookkeeping is
+        done in Python (host reads are free on the CPU). Same state as the general path; returns False (nothing
+        collected) when the chunk holds a non-finite value, for the general path to handle."""
+        lo_t, hi_t = torch.aminmax(chunk)
+        lo, hi = lo_t.item(), hi_t.item()
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through aminmax, Inf shows as is
+            return False
+        m, half = self.mantissa_bits, self._half
+        cur_lo, cur_hi = self._min.item(), self._max.item()
+        if lo < cur_lo:
+            self._min = torch.tensor(lo, dtype=torch.float32)
+        if hi > cur_hi:
+            self._max = torch.tensor(hi, dtype=torch.float32)
+        absmax = max(max(hi, cur_hi), -min(lo, cur_lo))  # >= 0 and exactly a float32: a value of the data
+        top = self._top.item()
+        top_now = struct.unpack("<i", struct.pack("<f", absmax))[0] >> 23
+        if top_now > top:
+            new_top = torch.tensor(top_now, dtype=torch.int32)
+            if cur_lo <= cur_hi:  # else nothing finite was counted yet: the counts are all zero
+                self._counts = self._slide(self._counts, self._top, new_top)
+            self._top, top = new_top, top_now
+        low_key = ((top - (self.exponent_window - 1)) << m) - 1
+        bits = chunk.float().view(torch.int32)
+        # finite values at or below the window's top: the magnitude index is in [0, half), no non-finite bin
+        idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m).sub_(low_key).clamp_(min=0)
+        idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half))
+        self._counts = self._counts + torch.bincount(idx, minlength=2 * half).view(2, half)
+        return True
 
     # -- merge / state_dict ----------------------------------------------------------------------------------------
 

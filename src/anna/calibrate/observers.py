@@ -33,6 +33,11 @@ class NonFinite:
         return {"unit": self.unit, "activation": self.activation, "count": self.count, "first_item": self.first_item}
 
 
+def _reads_are_free(t: Tensor) -> bool:
+    """Whether reading `t` on the host costs no device sync (CPU tensors): then non-finite counts are read at once."""
+    return t.device.type == "cpu"
+
+
 class UnitObservers:
     """Histograms for every activation of every unit, in the units' kinds' `ACTIVATIONS` order.
 
@@ -61,6 +66,9 @@ class UnitObservers:
         self._staged_bytes = 0
         self.nonfinite_first: dict[tuple[str, str], int] = {}
         self._reported: set[tuple[str, str]] = set()
+        # accelerators: bins whose non-finite counts are read at the next `note_nonfinite` (key, count before,
+        # count after, the chunks' items, per-chunk all-finite flags where the chunks span several items)
+        self._pending: list[tuple[tuple[str, str], Tensor, Tensor, list[int], Tensor | None]] = []
 
     def collector(self, unit: str, activation: str) -> Callable[[Tensor], None]:
         """A fast `collect(x)` for one activation (what hooks and taps call)."""
@@ -94,10 +102,41 @@ class UnitObservers:
         chunks = self._staged.pop(key)
         self._staged_bytes -= self._key_bytes.pop(key)
         hist = self.hists[key]
-        before = hist.nonfinite if key not in self.nonfinite_first else 0
+        before = hist.nonfinite_tensor
         hist.collect(torch.cat([c.reshape(-1) for _, c in chunks]) if len(chunks) > 1 else chunks[0][1])
-        if key not in self.nonfinite_first and hist.nonfinite > before:
-            self.nonfinite_first[key] = next(i for i, c in chunks if not bool(torch.isfinite(c).all()))
+        if key in self.nonfinite_first:
+            return
+        after = hist.nonfinite_tensor
+        if _reads_are_free(after):
+            if int(after) > int(before):
+                self.nonfinite_first[key] = next(i for i, c in chunks if not bool(torch.isfinite(c).all()))
+            return
+        items = [i for i, _ in chunks]
+        flags = None if items[0] == items[-1] else torch.stack([torch.isfinite(c).all() for _, c in chunks])
+        self._pending.append((key, before, after, items, flags))
+
+    def _resolve_pending(self, item: int | None = None) -> None:
+        """Read, in one host sync, the non-finite counts of the pending bins and (with `item`) of the activations
+        binned at once; note the first item of each activation's first non-finite value."""
+        pending, self._pending = self._pending, []
+        direct = []
+        if item is not None:
+            direct = [k for k in self.order if k not in self.nonfinite_first and k not in self._staged]
+        if not pending and not direct:
+            return
+        counts = [after - before.to(after.device) for _, before, after, _, _ in pending]
+        counts += [self.hists[k].nonfinite_tensor for k in direct]
+        devices = {c.device for c in counts}
+        values = torch.stack(counts).tolist() if len(devices) == 1 else [int(c) for c in counts]
+        first: dict[tuple[str, str], int] = {}
+        for (key, _, _, items, flags), n in zip(pending, values, strict=False):
+            if n > 0 and key not in self.nonfinite_first:
+                at = items[0] if flags is None else items[flags.logical_not().nonzero()[0, 0].item()]
+                first[key] = min(first.get(key, at), at)
+        for key, n in zip(direct, values[len(pending) :], strict=True):
+            if n > 0 and key not in first:
+                first[key] = item
+        self.nonfinite_first.update(first)
 
     def flush(self) -> None:
         """Bin every staged tensor."""
@@ -107,15 +146,14 @@ class UnitObservers:
     def note_nonfinite(self, item: int) -> list[tuple[str, str]]:
         """Activations whose first non-finite value became known since the last call (call after each item;
         tensors binned at once during `item` are attributed to it, staged ones to the item that produced them)."""
-        for k in self.order:
-            if k not in self.nonfinite_first and k not in self._staged and self.hists[k].nonfinite:
-                self.nonfinite_first[k] = item
+        self._resolve_pending(item)
         new = [k for k in self.nonfinite_first if k not in self._reported]
         self._reported.update(new)
         return new
 
     def nonfinite(self) -> list[NonFinite]:
         """Every activation that saw NaN/Inf, the earliest prompt first, then in execution order."""
+        self._resolve_pending()
         rank = {k: i for i, k in enumerate(self.order)}
         keys = sorted(self.nonfinite_first, key=lambda k: (self.nonfinite_first[k], rank.get(k, len(rank))))
         return [NonFinite(u, a, self.hists[(u, a)].nonfinite, self.nonfinite_first[(u, a)]) for u, a in keys]
@@ -137,6 +175,7 @@ class UnitObservers:
         self._staged.clear()
         self._key_bytes.clear()
         self._staged_bytes = 0
+        self._pending.clear()
         for hist in self.hists.values():
             hist.reset()
         self.order.clear()
@@ -169,9 +208,11 @@ class UnitObservers:
         self._seen = set(self.order)
         self.nonfinite_first = {tuple(k.split("\t")): v for k, v in (nonfinite_first or {}).items()}
         self._reported = set(self.nonfinite_first)
+        self._pending.clear()
 
     def bookkeeping(self) -> dict:
         """JSON-ready order and first non-finite items, for checkpoints."""
+        self._resolve_pending()
         return {
             "order": [list(k) for k in self.order],
             "nonfinite_first": {"\t".join(k): v for k, v in self.nonfinite_first.items()},

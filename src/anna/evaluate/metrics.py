@@ -38,6 +38,14 @@ class MetricUnavailable(Exception):
     """A metric cannot run here (missing package, weights or network). The message is one line for the user."""
 
 
+def require_torchmetrics(metric: str) -> None:
+    """The metrics extra is optional: without it a metric is unavailable, with this reason."""
+    try:
+        import torchmetrics  # noqa: F401
+    except ImportError:
+        raise MetricUnavailable(f"{metric} needs torchmetrics (pip install 'anna[metrics]')") from None
+
+
 def _cause(e: BaseException) -> str:
     lines = [s for s in str(e).strip().splitlines() if s.strip()]
     return f"{type(e).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")
@@ -155,10 +163,7 @@ def load_clip(name_or_path: str) -> tuple[nn.Module, Any]:
         from transformers import CLIPModel, CLIPProcessor
     except ImportError as e:  # pragma: no cover - transformers is a core dependency
         raise MetricUnavailable(f"CLIP score needs transformers: {_cause(e)}") from None
-    try:
-        import torchmetrics.multimodal  # noqa: F401
-    except ImportError:
-        raise MetricUnavailable("CLIP score needs torchmetrics (pip install 'anna[metrics]')") from None
+    require_torchmetrics("CLIP score")
     try:
         with _quiet_transformers():
             model = CLIPModel.from_pretrained(source).eval()
@@ -177,6 +182,7 @@ class ClipScorer:
     """CLIP score of images against their prompts with torchmetrics' `CLIPScore`, one image at a time."""
 
     def __init__(self, model_name_or_path: str = DEFAULT_CLIP_MODEL, device: torch.device | str | None = None):
+        require_torchmetrics("CLIP score")
         from torchmetrics.multimodal.clip_score import CLIPScore
 
         self.name = model_name_or_path
@@ -254,6 +260,7 @@ def _load_program(path: Path) -> nn.Module | None:
 def fid_feature_extractor(weights: str | None = None) -> tuple[nn.Module, str]:
     """The FID feature extractor and a description of it. See the module docstring for what `weights` may name.
     Raises `MetricUnavailable` with one line when it cannot be had."""
+    require_torchmetrics("FID")
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
