@@ -140,14 +140,10 @@ def plot_pareto(
 def _spearman_r2(pred: Sequence[float], meas: Sequence[float]) -> tuple[float | None, float | None]:
     if len(pred) < 3:
         return None, None
-    import numpy as np
-    from scipy.stats import spearmanr
+    from anna.analyze.validate import r_squared, spearman
 
-    rho = float(spearmanr(pred, meas).statistic)
-    y, f = np.asarray(meas, float), np.asarray(pred, float)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float(((y - f) ** 2).sum()) / ss_tot if ss_tot > 0 else None
-    return (rho if math.isfinite(rho) else None), r2
+    rho, r2 = spearman(pred, meas), r_squared(pred, meas)
+    return (rho if math.isfinite(rho) else None), (r2 if math.isfinite(r2) else None)
 
 
 def validation_points(
