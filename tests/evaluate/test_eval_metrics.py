@@ -165,3 +165,25 @@ def test_clip_unavailable_offline_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in msg and "offline" in msg and "--clip-model" in msg
     with pytest.raises(MetricUnavailable, match="folder not found"):
         load_clip(str(tmp_path / "nope" / "clip"))
+
+
+def test_reference_folder_empty_or_wrong_size(tmp_path):
+    from PIL import Image
+
+    from anna.errors import AnnaError
+    from anna.evaluate.metrics import load_reference_folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AnnaError, match="no images"):
+        load_reference_folder(empty, (64, 64))
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (64, 64)).save(one / "a.png")
+    with pytest.raises(AnnaError, match="at least 2"):
+        load_reference_folder(one, (64, 64))
+    Image.new("RGB", (32, 48)).save(one / "b.png")
+    with pytest.raises(AnnaError, match="size 32x48.*64x64"):
+        load_reference_folder(one, (64, 64))
+    Image.new("RGB", (64, 64)).save(one / "b.png")
+    assert len(load_reference_folder(one, (64, 64))) == 2

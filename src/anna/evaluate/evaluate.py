@@ -43,7 +43,7 @@ from anna.evaluate.metrics import (
     MetricUnavailable,
     fid_feature_extractor,
     images_mse,
-    load_image_folder,
+    load_reference_folder,
 )
 from anna.generate import generate_images, save_png
 
@@ -327,8 +327,6 @@ def evaluate(
     if config.component_calls < 1:
         raise AnnaError(f"component_calls must be at least 1, got {config.component_calls}")
     refs = describe_checkpoints(checkpoints)
-    if config.fid_reference is not None and not Path(config.fid_reference).is_dir():
-        raise AnnaError(f"FID reference folder not found: {config.fid_reference}")
     if isinstance(model, str):
         spec = model
 
@@ -353,6 +351,11 @@ def evaluate(
     overrides = {k: v for k, v in (("guidance", config.guidance), ("height", config.height),
                                    ("width", config.width)) if v is not None}
     defaults = replace(base.defaults, **overrides)
+    reference_images = (
+        load_reference_folder(config.fid_reference, (defaults.width, defaults.height))
+        if config.fid_reference is not None and "fid" in metrics
+        else None
+    )
     steps = config.steps or (defaults.steps,)
     components = {r.component for r in refs if r.component is not None} if "mse" in metrics else set()
     prompts = list(prompts)
@@ -395,19 +398,10 @@ def evaluate(
         write_json(folder / CACHE_FILE, {**key, "captures": saved})
         originals[s] = orig
 
-    reference_images: list[Image.Image] | None = None
-
     def fid_reference(s: int) -> tuple[str, Callable[[], Sequence[Image.Image]]]:
-        if config.fid_reference is None:
+        if reference_images is None:
             return f"steps-{s}", lambda: originals[s].images
-
-        def load() -> Sequence[Image.Image]:
-            nonlocal reference_images
-            if reference_images is None:
-                reference_images = load_image_folder(config.fid_reference)
-            return reference_images
-
-        return "reference", load
+        return "reference", lambda: reference_images
 
     for s in steps:
         row: dict[str, Any] = {"steps": s, "images": f"{ORIGINAL}/steps-{s}", "mse": 0.0, "mse_reason": None}

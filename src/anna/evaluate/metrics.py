@@ -117,6 +117,21 @@ def load_image_folder(folder: str | Path) -> list[Image.Image]:
     return images
 
 
+def load_reference_folder(folder: str | Path, size: tuple[int, int]) -> list[Image.Image]:
+    """FID reference images: at least two, all of the generated (width, height), else a clear error."""
+    images = load_image_folder(folder)
+    if len(images) < 2:
+        raise AnnaError(f"FID reference folder {folder} holds {len(images)} image; FID needs at least 2")
+    wrong = sorted({im.size for im in images if im.size != size})
+    if wrong:
+        shown = ", ".join(f"{w}x{h}" for w, h in wrong[:3])
+        raise AnnaError(
+            f"FID reference folder {folder} has images of size {shown}; the evaluated images are "
+            f"{size[0]}x{size[1]} (width x height): use references of the same size"
+        )
+    return images
+
+
 # CLIP score
 
 
