@@ -1,6 +1,6 @@
 """Baseline plans to compare the solver with, on the same arrays and budgets. numpy only.
 
-Every baseline returns a :class:`~anna.solve.dp.Solution` with status "feasible" (none of them proves anything) and
+Every baseline returns a :class:`~anna.solve.checks.Solution` with status "feasible" (none of them proves anything) and
 ``objective = t^T G t`` when ``G`` is given. ``G`` may also be separable costs of shape (n, m) or (n*m,).
 """
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anna.solve.dp import (
-    DEFAULT_BINS,
+from anna.solve.checks import (
     InfeasibleBudget,
     Solution,
     check_gram,
@@ -18,8 +17,8 @@ from anna.solve.dp import (
     objective,
     plan_bytes,
     separable_costs,
-    solve_separable,
 )
+from anna.solve.dp import DEFAULT_BINS, solve_separable
 
 
 def _evaluate(G: np.ndarray | None, choice: np.ndarray, shape: tuple[int, int]) -> float:
