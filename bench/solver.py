@@ -301,7 +301,7 @@ def main() -> None:
     print(f"(c) exact MIQP (SCIP, time limit {args.scip_limit:g} s) on n in {sizes}, budget 0.55 of FP16,"
           f" synthetic G as in (b); gap > 0: SCIP better")
     scip = part_scip(sizes, args.scip_per_size, args.scip_limit)
-    if "runs" in scip:
+    if scip.get("runs"):
         print(f"   SCIP optimal on {scip['scip_optimal']}/{len(scip['runs'])}; worst gap to SCIP's optimum"
               f" {scip['worst_gap_vs_scip_optimal']:.2e}; worst gap to SCIP's lower bound"
               f" {scip['worst_gap_vs_bound']:.2e}; median time ratio SCIP/ours {scip['median_time_ratio']:.0f}x")
