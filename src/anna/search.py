@@ -133,7 +133,7 @@ def search(
     ratios = sorted(ratios)
     results = _solve_all(analysis, ratios)
     if not baselines:
-        results = {"anna": results["anna"]}
+        results = {k: v for k, v in results.items() if k == "anna" or k.startswith("anna:")}
     trial = None
     inventory: Inventory
     if measure:

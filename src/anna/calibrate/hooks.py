@@ -122,6 +122,7 @@ def _call_arg(args: tuple, kwargs: dict[str, Any], index: int, name: str) -> Any
 def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) -> list[RemovableHandle]:
     """Hooks observing a standard diffusers attention unit through its projections (see the module docstring)."""
     col = {act: observers.collector(unit, act) for act in ACTIVATIONS["attention"]}
+    col["p"] = observers.collector(unit, "p", owned=True)  # computed here for observation only
     held: dict[str, Tensor] = {}
 
     def keep(name: str) -> Callable[..., None]:
