@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -362,18 +362,6 @@ class StreamingHistogram:
         if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through aminmax, Inf shows as is
             return False
         m, half = self.mantissa_bits, self._half
-        low_key = self._note_finite_range(lo, hi)
-        bits = chunk.float().view(torch.int32)
-        # finite values at or below the window's top: the magnitude index is in [0, half), no non-finite bin
-        idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m).sub_(low_key).clamp_(min=0)
-        idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half))
-        self._counts = self._counts + torch.bincount(idx, minlength=2 * half).view(2, half)
-        return True
-
-    def _note_finite_range(self, lo: float, hi: float) -> int:
-        """CPU state only: fold a batch's finite min ``lo`` and max ``hi`` into min/max and the window (sliding the
-        counts where the top rises); returns the ``low_key`` that bins the batch's magnitudes in the window."""
-        m = self.mantissa_bits
         cur_lo, cur_hi = self._min.item(), self._max.item()
         if lo < cur_lo:
             self._min = torch.tensor(lo, dtype=torch.float32)
@@ -387,7 +375,13 @@ class StreamingHistogram:
             if cur_lo <= cur_hi:  # else nothing finite was counted yet: the counts are all zero
                 self._counts = self._slide(self._counts, self._top, new_top)
             self._top, top = new_top, top_now
-        return ((top - (self.exponent_window - 1)) << m) - 1
+        low_key = ((top - (self.exponent_window - 1)) << m) - 1
+        bits = chunk.float().view(torch.int32)
+        # finite values at or below the window's top: the magnitude index is in [0, half), no non-finite bin
+        idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m).sub_(low_key).clamp_(min=0)
+        idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half))
+        self._counts = self._counts + torch.bincount(idx, minlength=2 * half).view(2, half)
+        return True
 
     # -- merge / state_dict ----------------------------------------------------------------------------------------
 
@@ -518,43 +512,6 @@ class StreamingHistogram:
             count=count,
             nonfinite=self.nonfinite,
         )
-
-
-def collect_segments(hists: Sequence[StreamingHistogram], flat: Tensor, lengths: Sequence[int]) -> list[int]:
-    """Collect consecutive segments of one flat CPU float32 tensor into their histograms, in one binning pass.
-
-    Segment ``k`` (``lengths[k] > 0`` elements) goes to ``hists[k]``; the histograms must be distinct, on the CPU,
-    in ``"count"`` mode and share their binning. Each histogram's state is exactly that of ``hists[k].collect`` on
-    its segment: the scalar bookkeeping is the small CPU path's, and the bin indices of all segments are offset by
-    ``2 * half`` per histogram and counted by a single ``bincount``. A segment holding a non-finite value is left
-    out (its elements are counted past the last histogram and dropped): the indices of those segments are returned,
-    for the caller to collect them the ordinary way.
-    """
-    m, half = hists[0].mantissa_bits, hists[0]._half
-    nb, n = 2 * half, len(hists)
-    bits = flat.view(torch.int32)
-    idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m)
-    skipped = []
-    start = 0
-    for k, (hist, length) in enumerate(zip(hists, lengths, strict=True)):
-        end = start + length
-        lo_t, hi_t = torch.aminmax(flat[start:end])
-        lo, hi = lo_t.item(), hi_t.item()
-        if math.isfinite(lo) and math.isfinite(hi):
-            low_key = hist._note_finite_range(lo, hi)
-            # max(key - low_key, 0) + k * nb, the small path's index offset to histogram k's rows
-            idx[start:end].add_(k * nb - low_key).clamp_(min=k * nb)
-        else:
-            skipped.append(k)
-            idx[start:end].fill_(n * nb)
-        start = end
-    idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half))
-    counts = torch.bincount(idx, minlength=(n + 1) * nb)[: n * nb].view(n, 2, half)
-    dropped = set(skipped)
-    for k, hist in enumerate(hists):
-        if k not in dropped:
-            hist._counts = hist._counts + counts[k]
-    return skipped
 
 
 class PerChannelAbsMax:

@@ -12,15 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from anna.calibrate.histogram import ActStats, PerChannelAbsMax, StreamingHistogram, collect_segments
+from anna.calibrate.histogram import ActStats, PerChannelAbsMax, StreamingHistogram
 from anna.errors import AnnaError
 from anna.inventory import ACTIVATIONS, quantized_weights
 
 HIST = "hist"
 WEIGHT = "weight"
-
-_GROUP_ELEMENTS = 1 << 20  # staged elements binned together: bounds the temporaries (about 5 x 4 MB)
-_GROUP_HISTOGRAMS = 64  # histograms binned together: bounds the counts (64 x 60 KB)
 
 
 @dataclass(frozen=True)
@@ -74,8 +71,8 @@ class UnitObservers:
         self._pending: list[tuple[tuple[str, str], Tensor, Tensor, list[int], Tensor | None]] = []
 
     def collector(self, unit: str, activation: str, owned: bool = False) -> Callable[[Tensor], None]:
-        """A fast `collect(x)` for one activation (what hooks and taps call). `owned`: the caller hands over the
-        tensors (nothing else holds or changes them), so contiguous ones are staged without a copy."""
+        """A fast `collect(x)` for one activation (what hooks and taps call). `owned`: the caller hands the tensors
+        over (nothing else holds or changes them), so they are staged without a copy."""
         key = (unit, activation)
         hist = self.hists[key]
         seen, order, staged, key_bytes = self._seen, self.order, self._staged, self._key_bytes
@@ -88,74 +85,23 @@ class UnitObservers:
             if size >= self.direct_bytes:
                 hist.collect(x)
                 return
-            x = x.detach()
-            if owned and x.is_contiguous():
-                flat = x.view(-1)
-            else:
-                flat = x.clone(memory_format=torch.contiguous_format).view(-1)
-            chunks = staged.get(key)
-            if chunks is None:
-                staged[key] = [(self.item, flat)]
-                key_bytes[key] = size
-            else:
-                chunks.append((self.item, flat))
-                key_bytes[key] += size
+            staged.setdefault(key, []).append((self.item, x.detach() if owned else x.detach().clone()))
+            key_bytes[key] = key_bytes.get(key, 0) + size
             self._staged_bytes += size
             if key_bytes[key] >= self.direct_bytes:
                 self._bin(key)
             elif self._staged_bytes >= self.buffer_bytes:
-                keys, left = [], self._staged_bytes
                 for k in sorted(key_bytes, key=key_bytes.__getitem__, reverse=True):
-                    keys.append(k)
-                    left -= key_bytes[k]
-                    if left <= self.buffer_bytes // 2:
+                    self._bin(k)
+                    if self._staged_bytes <= self.buffer_bytes // 2:
                         break
-                self._bin_many(keys)
 
         return collect
-
-    def _bin_many(self, keys: Sequence[tuple[str, str]]) -> None:
-        """Bin several activations' staged tensors: on the CPU, finite float32 ones in groups, one binning pass per
-        group (`collect_segments`, same state as `_bin` per activation); everything else through `_bin`."""
-        group: list[tuple[tuple[str, str], list[tuple[int, Tensor]], int]] = []
-        elements = 0
-        for key in keys:
-            hist = self.hists[key]
-            chunks = self._staged[key]
-            n = sum(c.numel() for _, c in chunks)
-            if (
-                n == 0
-                or hist.on_nonfinite != "count"
-                or (hist.mantissa_bits, hist.exponent_window) != (7, 30)
-                or hist._device.type != "cpu"
-                or any(c.dtype != torch.float32 or c.device.type != "cpu" for _, c in chunks)
-            ):
-                self._bin(key)
-                continue
-            del self._staged[key]
-            self._staged_bytes -= self._key_bytes.pop(key)
-            group.append((key, chunks, n))
-            elements += n
-            if elements >= _GROUP_ELEMENTS or len(group) >= _GROUP_HISTOGRAMS:
-                self._bin_group(group)
-                group, elements = [], 0
-        if group:
-            self._bin_group(group)
-
-    def _bin_group(self, group: list[tuple[tuple[str, str], list[tuple[int, Tensor]], int]]) -> None:
-        flat = torch.cat([c for _, chunks, _ in group for _, c in chunks])
-        skipped = collect_segments([self.hists[k] for k, _, _ in group], flat, [n for _, _, n in group])
-        for i in skipped:  # a non-finite value: the ordinary path counts it and notes its item
-            key, chunks, _ = group[i]
-            self._bin_chunks(key, chunks)
 
     def _bin(self, key: tuple[str, str]) -> None:
         """Bin one activation's staged tensors; note the first item of any non-finite value among them."""
         chunks = self._staged.pop(key)
         self._staged_bytes -= self._key_bytes.pop(key)
-        self._bin_chunks(key, chunks)
-
-    def _bin_chunks(self, key: tuple[str, str], chunks: list[tuple[int, Tensor]]) -> None:
         hist = self.hists[key]
         before = hist.nonfinite_tensor
         hist.collect(torch.cat([c.reshape(-1) for _, c in chunks]) if len(chunks) > 1 else chunks[0][1])
@@ -195,7 +141,8 @@ class UnitObservers:
 
     def flush(self) -> None:
         """Bin every staged tensor."""
-        self._bin_many(list(self._staged))
+        for key in list(self._staged):
+            self._bin(key)
 
     def note_nonfinite(self, item: int) -> list[tuple[str, str]]:
         """Activations whose first non-finite value became known since the last call (call after each item;
