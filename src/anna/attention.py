@@ -46,6 +46,26 @@ def tapped_attention(q: Tensor, k: Tensor, v: Tensor, tap: Tap, scale: float, ma
     return torch.cat(out, dim=2) if len(out) > 1 else out[0]
 
 
+def split_heads(
+    attn: nn.Module, query: Tensor, key: Tensor, value: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, int]:
+    """(batch, seq, heads*dim) to (batch, heads, seq, dim) with the module's q/k norms applied, as diffusers does;
+    returns q, k, v and the head dimension."""
+    b, head_dim = query.shape[0], key.shape[-1] // attn.heads
+    q = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    k = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    v = None if value is None else value.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v, head_dim
+
+
+def attention_scale(attn: nn.Module, head_dim: int) -> float:
+    return attn.scale if getattr(attn, "scale", None) is not None else 1 / math.sqrt(head_dim)
+
+
 class TappedAttnProcessor:
     """A diffusers attention processor (the AttnProcessor2_0 flow) with explicit, tapped attention math."""
 
@@ -88,17 +108,8 @@ class TappedAttnProcessor:
         key = attn.to_k(context)
         value = attn.to_v(context)
 
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        scale = attn.scale if getattr(attn, "scale", None) is not None else 1 / math.sqrt(head_dim)
-        hidden_states = tapped_attention(query, key, value, tap, scale, attention_mask)
+        query, key, value, head_dim = split_heads(attn, query, key, value)
+        hidden_states = tapped_attention(query, key, value, tap, attention_scale(attn, head_dim), attention_mask)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = attn.to_out[0](tap("out_in", hidden_states.to(query.dtype)))
         hidden_states = attn.to_out[1](hidden_states)

@@ -18,7 +18,6 @@ Either way the statistics, the cached inputs and the component outputs are those
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from anna.attention import MAX_SCORE_ELEMENTS, Tap, set_tap
+from anna.attention import MAX_SCORE_ELEMENTS, Tap, attention_scale, set_tap, split_heads
 from anna.calibrate.observers import UnitObservers
 from anna.inventory import ACTIVATIONS
 
@@ -138,13 +137,7 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
         context = _call_arg(args, kwargs, 1, "encoder_hidden_states")
         mask = _call_arg(args, kwargs, 2, "attention_mask")
         batch_size = query.shape[0]
-        head_dim = key.shape[-1] // attn.heads
-        q = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        k = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, _, head_dim = split_heads(attn, query, key)
         if mask is not None:
             src = hidden if context is None else context
             sequence_length = src.shape[2] * src.shape[3] if src.ndim == 4 else src.shape[1]
@@ -153,8 +146,7 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
         col["q"](query if attn.norm_q is None else q)
         col["k"](key if attn.norm_k is None else k)
         col["v"](value)
-        scale = attn.scale if getattr(attn, "scale", None) is not None else 1 / math.sqrt(head_dim)
-        attention_probabilities(q, k, scale, mask, col["p"])
+        attention_probabilities(q, k, attention_scale(attn, head_dim), mask, col["p"])
 
     return [
         module.to_q.register_forward_pre_hook(_input_hook(col["input"])),
