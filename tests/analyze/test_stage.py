@@ -120,3 +120,14 @@ def test_infeasible_budget_and_bad_sizes(run):
     assert parse_sizes(size=0.501) == [0.501]
     with pytest.raises(AnnaError):
         parse_sizes(sizes="0.6:0.5:0.01")
+
+
+def test_validation_alone_reuses_the_error_model(run):
+    model, run_dir = run
+    analyze(run_dir, model=model, validate=0, progress=False, echo=None)
+    saved = (run_dir / "analysis" / "error_model.safetensors").stat().st_mtime_ns
+    analyze(run_dir, model=model, validate=6, progress=False, echo=None)
+    assert (run_dir / "analysis" / "error_model.safetensors").stat().st_mtime_ns == saved
+    assert json.loads((run_dir / "analysis" / "validation.json").read_text())["n_plans"] >= 5
+    analyze(run_dir, model=model, validate=0, fisher_samples=0, progress=False, echo=None)  # another configuration
+    assert not (run_dir / "analysis" / "validation.json").exists()  # a stale correction is never applied

@@ -133,6 +133,10 @@ def analyze(
         if echo:
             echo(f"analysis in {out} is up to date")
         return out
+    if _model_matches(out, config_id):  # the error model is done; only its validation is missing
+        analysis = load_analysis(run_dir, corrected=False)
+        return _validate_and_report(trial, analysis, out, validate, size_range, seed, echo)
+    (out / "validation.json").unlink(missing_ok=True)  # it belongs to another configuration
     state, done = _load_partial(out, config, config_id)
     if done and echo:
         echo(f"resuming analysis after {done} of {len(trial.units)} units")
@@ -180,6 +184,18 @@ def analyze(
     )
     for name in ("partial.safetensors", "partial.json"):
         (out / name).unlink(missing_ok=True)
+    return _validate_and_report(trial, analysis, out, validate, size_range, seed, echo)
+
+
+def _validate_and_report(
+    trial: Trial,
+    analysis: Analysis,
+    out: Path,
+    validate: int,
+    size_range: tuple[float, float],
+    seed: int,
+    echo: Callable[[str], Any] | None,
+) -> Path:
     if validate > 0:
         report = validate_model(trial, analysis, validate, size_range, seed)
         write_json(out / "validation.json", report)
@@ -194,7 +210,8 @@ def analyze(
                 f"R^2 {c['r2']:.3f} (out of sample {c['r2_out_of_sample']:.3f}), Spearman {c['spearman']:.3f}"
             )
     if echo:
-        echo(f"analysis of {len(trial.units)} units x {len(options) - 1} options written to {out}")
+        n, m = analysis.error_model.shape
+        echo(f"analysis of {n} units x {m - 1} options written to {out}")
     return out
 
 
@@ -214,10 +231,14 @@ def validate_model(trial: Trial, analysis: Analysis, n: int, size_range: tuple[f
     return {"size_range": [lo, hi], "correction": corrected_report(points), **validation_report(points)}
 
 
+def _model_matches(out: Path, config_id: str) -> bool:
+    meta = out / "error_model.json"
+    return meta.is_file() and read_json(meta, "analysis").get("config_id") == config_id
+
+
 def _finished(out: Path, config_id: str, validate: int) -> bool:
     """An analysis with the same configuration is complete (with its validation when one is asked for)."""
-    meta = out / "error_model.json"
-    if not meta.is_file() or read_json(meta, "analysis").get("config_id") != config_id:
+    if not _model_matches(out, config_id):
         return False
     if validate <= 0:
         return True
