@@ -52,7 +52,6 @@ def plan_name(ratio: float) -> str:
 def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[Any]]:
     """anna's DP and the baselines, each at every ratio (None where infeasible for that method)."""
     from anna.solve import (
-        InfeasibleBudget,
         fisher,
         greedy_diagonal,
         min_bytes,
@@ -64,34 +63,38 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
 
     em, sizes, base, total = analysis.error_model, analysis.sizes, analysis.base_bytes, analysis.total_bytes_fp16
     budgets = [int(np.floor(r * total)) for r in ratios]
-    smallest = min_bytes(sizes, base)
+    # A unit-option whose trial produced NaN/Inf is never chosen (FP16 always is allowed).
+    ok = np.isfinite(em.diag)
+    smallest = min_bytes(sizes, base, ok)
     if budgets[0] < smallest:
         raise AnnaError(
             f"budget {ratios[0]} is infeasible: the smallest plan of this bag is {smallest / total:.4f} of FP16 "
             f"({smallest:,} bytes)"
         )
     G = em.gram()
-    results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, reference_bytes=total)}
+    results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, ok, reference_bytes=total)}
     # Variants of anna's own model for the measured pick: uncorrected (every cross term) and own MSEs only.
     if (em.diag_scale, em.cross_scale) != (1.0, 1.0):
         raw = replace(em, diag_scale=1.0, cross_scale=1.0)
-        results["anna:uncorrected"] = solve_front(raw.gram(), sizes, budgets, base, reference_bytes=total)
+        results["anna:uncorrected"] = solve_front(raw.gram(), sizes, budgets, base, ok, reference_bytes=total)
     if em.cross_scale != 0.0:
-        results["anna:own-only"] = solve_separable_front(em.diag, sizes, budgets, base, reference_bytes=total)
+        own = np.where(ok, em.diag, 0.0)
+        results["anna:own-only"] = solve_separable_front(own, sizes, budgets, base, ok, reference_bytes=total)
     rng = np.random.default_rng(0)
     methods: dict[str, Callable[[int], Any]] = {
-        "uniform": lambda b: uniform(G, sizes, b, base),
-        "greedy": lambda b: greedy_diagonal(G, sizes, b, base),
-        "random": lambda b: random_plan(sizes, b, rng, base, G=G),
+        "uniform": lambda b: uniform(G, sizes, b, base, ok),
+        "greedy": lambda b: greedy_diagonal(G, sizes, b, base, ok),
+        "random": lambda b: random_plan(sizes, b, rng, base, ok, G=G),
     }
     if em.fisher is not None:
-        methods["fisher"] = lambda b: fisher(em.fisher, sizes, b, base, G=G)
+        fisher_scores = np.where(ok, em.fisher, 0.0)
+        methods["fisher"] = lambda b: fisher(fisher_scores, sizes, b, base, ok, G=G)
     for name, fn in methods.items():
         out = []
         for b in budgets:
             try:
                 out.append(fn(b))
-            except InfeasibleBudget:
+            except ValueError:  # InfeasibleBudget, or no plan of that kind (e.g. no option allowed everywhere)
                 out.append(None)
         results[name] = out
     return results

@@ -131,3 +131,26 @@ def test_validation_alone_reuses_the_error_model(run):
     assert json.loads((run_dir / "analysis" / "validation.json").read_text())["n_plans"] >= 5
     analyze(run_dir, model=model, validate=0, fisher_samples=0, progress=False, echo=None)  # another configuration
     assert not (run_dir / "analysis" / "validation.json").exists()  # a stale correction is never applied
+
+
+def test_search_never_picks_an_option_whose_trial_was_not_finite(run):
+    from anna.artifacts import read_tensors, write_tensors
+
+    model, run_dir = run
+    analyze(run_dir, model=model, validate=0, progress=False, echo=None)
+    path = run_dir / "analysis" / "error_model.safetensors"
+    tensors = read_tensors(path)
+    diag = tensors["diag"].clone()
+    diag[:, 1:] = float("inf")  # every FP8 trial of every unit "produced NaN"
+    diag[0, 2] = 1e-9  # except one option of the first unit
+    write_tensors(path, {**tensors, "diag": diag})
+    analysis = load_analysis(run_dir)
+    ratio = analysis.size_ratio(np.array([2] + [0] * (len(analysis.error_model.units) - 1)))
+    front = json.loads(search(run_dir, [ratio, 1.0], model=model, measure=False, echo=None).read_text())
+    quantized = [
+        [u for u, o in json.loads((run_dir / p["plan"]).read_text())["units"].items() if o != "fp16"]
+        for p in front["points"]
+    ]
+    assert quantized == [[analysis.error_model.units[0]], []]  # at the tight budget the one finite option; then FP16
+    with pytest.raises(AnnaError, match="infeasible"):
+        search(run_dir, [ratio - 0.001], model=model, measure=False, echo=None)

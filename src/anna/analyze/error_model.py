@@ -56,9 +56,8 @@ class ErrorModel:
         g = s @ s.T * (self.cross_scale / self.n_elements)
         g[np.diag_indices_from(g)] = self.diag.reshape(-1) * self.diag_scale
         bad = ~np.isfinite(self.diag.reshape(-1))
-        g[bad, :] = 0.0
+        g[bad, :] = 0.0  # such options are masked out of the search (see anna.search)
         g[:, bad] = 0.0
-        g[bad, bad] = np.inf
         return g
 
     def parts(self, choice: Sequence[int]) -> tuple[float, float]:
