@@ -199,12 +199,14 @@ def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, quiet):
 @click.option("--no-measure", is_flag=True, help="Skip measuring each plan's real MSE on the cached inputs.")
 @click.option("--no-baselines", is_flag=True, help="Skip the uniform/greedy/Fisher/random baselines.")
 @click.option("--uncorrected", is_flag=True, help="Ignore the correction that validation fitted to the error model.")
-def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected):
+@click.option("--polish", type=int, default=8, show_default=True,
+              help="Measured polish: the N most sensitive units of each plan try their other same-size options.")
+def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, polish):
     """Solve for the plan of least predicted MSE under each budget (DP with cross terms): plans/*.json, front.json."""
     from anna.search import parse_sizes, search
 
     path = search(run_dir, parse_sizes(size, sizes), measure=not no_measure, baselines=not no_baselines,
-                  corrected=not uncorrected, echo=click.echo)
+                  corrected=not uncorrected, polish=polish, echo=click.echo)
     click.echo(f"wrote {path}")
 
 

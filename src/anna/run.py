@@ -72,12 +72,18 @@ def _prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
 
 
 def feasible_sizes(sizes: str, smallest: float) -> list[float]:
-    """The sweep, with budgets below the smallest feasible ratio replaced by that ratio (rounded up), once."""
+    """The sweep, with budgets below the smallest feasible ratio replaced by that ratio (rounded up), once. When the
+    whole sweep lies below it (a text encoder, whose embeddings are no unit), the same span is swept above it."""
     from anna.search import parse_sizes
 
     floor = float(f"{smallest + 0.0005:.3f}")
-    ratios = sorted({max(r, floor) for r in parse_sizes(sizes=sizes)})
-    return ratios
+    asked = parse_sizes(sizes=sizes)
+    if max(asked) < floor:
+        span = max(asked) - min(asked)
+        asked = [round(floor + r - min(asked), 6) for r in asked if floor + r - min(asked) <= 1.0] or [floor]
+        if span == 0:
+            asked = [floor]
+    return sorted({max(r, floor) for r in asked})
 
 
 def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:

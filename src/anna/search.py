@@ -100,10 +100,12 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
     return results
 
 
-def _pick_measured(results: dict[str, list[Any]], measured: Callable[[np.ndarray], float]) -> list[str]:
+def _pick_measured(
+    results: dict[str, list[Any]], measured: Callable[[np.ndarray], float], analysis: Analysis, polish: int
+) -> list[str]:
     """The error model proposes, measurement disposes: at each budget keep the best measured of anna's candidates
-    (the corrected model's plan, the variants', and the plans chosen at smaller budgets, which also fit). Updates
-    results["anna"] in place and returns where each chosen plan came from."""
+    (the corrected model's plan, the variants', and the plans chosen at smaller budgets, which also fit), then polish
+    it by measurement. Updates results["anna"] in place and returns where each chosen plan came from."""
     variants = [k for k in results if k == "anna" or k.startswith("anna:")]
     chosen: list[Any] = []
     sources: list[str] = []
@@ -111,10 +113,38 @@ def _pick_measured(results: dict[str, list[Any]], measured: Callable[[np.ndarray
         candidates = [(results[v][k], v) for v in variants if results[v][k] is not None]
         candidates += [(c, "smaller-budget plan") for c in chosen]
         best, source = min(candidates, key=lambda cs: measured(cs[0].choice))
+        choice = _polish_same_size(best.choice, analysis, measured, polish)
+        if not np.array_equal(choice, best.choice):
+            best = replace(best, choice=choice, objective=analysis.error_model.predict(choice), status="feasible")
+            source += " + measured polish"
         chosen.append(best)
         sources.append(source)
         results["anna"][k] = best
     return sources
+
+
+def _polish_same_size(
+    choice: np.ndarray, analysis: Analysis, measured: Callable[[np.ndarray], float], top: int
+) -> np.ndarray:
+    """For the `top` units with the largest own error in the plan, try every other option of exactly the same size
+    (the FP8 variants differ only in their activation range), keeping a swap when the measured MSE drops. Swaps of
+    equal size never change the plan's bytes. This catches interactions the additive model misses."""
+    em, sizes = analysis.error_model, analysis.sizes
+    rows = np.arange(len(choice))
+    own = np.where(np.isfinite(em.diag[rows, choice]), em.diag[rows, choice], 0.0)
+    best, value = choice.copy(), measured(choice)
+    for i in np.argsort(-own)[:top]:
+        if best[i] == 0:
+            continue
+        for j in range(1, sizes.shape[1]):
+            if j == best[i] or sizes[i, j] != sizes[i, best[i]] or not np.isfinite(em.diag[i, j]):
+                continue
+            trial = best.copy()
+            trial[i] = j
+            v = measured(trial)
+            if v < value:
+                best, value = trial, v
+    return best
 
 
 def search(
@@ -124,10 +154,12 @@ def search(
     measure: bool = True,
     baselines: bool = True,
     corrected: bool = True,
+    polish: int = 8,
     model: Any = None,
     echo: Callable[[str], Any] | None = print,
 ) -> Path:
-    """Solve for every ratio, write the plans and `front.json`; returns the path of front.json."""
+    """Solve for every ratio, write the plans and `front.json`; returns the path of front.json. With `measure`, the
+    plans are measured, and the `polish` most sensitive units of each are tried in their other same-size options."""
     from anna.plan import make_plan
 
     run_dir = Path(run_dir)
@@ -163,7 +195,7 @@ def search(
                 cache[key] = measured_mse(trial.run, trial.samples, refs)
         return cache[key]
 
-    sources = _pick_measured(results, measured) if trial is not None else ["model"] * len(ratios)
+    sources = _pick_measured(results, measured, analysis, polish) if trial is not None else ["model"] * len(ratios)
     results = {k: v for k, v in results.items() if not k.startswith("anna:")}
 
     front: dict[str, Any] = {

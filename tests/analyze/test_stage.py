@@ -103,8 +103,12 @@ def test_search_front_and_baselines(run):
                 assert ours["predicted_mse"] <= theirs["predicted_mse"] * (1 + 1e-9)
 
     # measured: the model proposes, measurement picks; a smaller budget's plan is always a candidate
+    unpolished = json.loads(search(run_dir, ratios, model=model, polish=0, echo=None).read_text())
     front = json.loads(search(run_dir, ratios, model=model, echo=None).read_text())
     measured = [p["measured_mse"] for p in front["points"]]
+    # the polish only keeps equal-size swaps that measure better
+    for p, q in zip(front["points"], unpolished["points"], strict=True):
+        assert p["measured_mse"] <= q["measured_mse"] and p["size_ratio"] <= p["budget"] + 1e-9
     assert all(m > 0 for m in measured) and measured == sorted(measured, reverse=True)
     assert all(json.loads((run_dir / p["plan"]).read_text())["source"] for p in front["points"])
     assert all(b["measured_mse"] > 0 for b in front["baselines"]["greedy"] if b.get("feasible", True))
