@@ -17,6 +17,9 @@ from anna.calibrate.histogram import (
     NonFiniteActivation,
     PerChannelAbsMax,
     StreamingHistogram,
+    compute_many,
+    stack_states,
+    unstack_states,
 )
 
 QS = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
@@ -360,3 +363,70 @@ def test_per_channel_absmax() -> None:
     obs.reset()
     with pytest.raises(EmptyObserverError):
         obs.compute()
+
+
+def _reference_quantiles(h: StreamingHistogram, qs: list[float]) -> list[float]:
+    """The percentile rule written out for one histogram: locate rank q (n - 1) in the cumulative counts and
+    interpolate inside its bin, whose edges are clipped to the exact min and max."""
+    edges, counts = h.bin_edges()
+    lo, hi = float(h._min), float(h._max)
+    edges, cum = edges.clamp(lo, hi), counts.cumsum(0)
+    out = []
+    for q in qs:
+        rank = q * (int(cum[-1]) - 1)
+        b = min(
+            int(torch.searchsorted(cum.double(), torch.tensor([rank], dtype=torch.float64), right=True)), len(cum) - 1
+        )
+        inside, before = float(counts[b]), float(cum[b] - counts[b])
+        frac = min(max((rank - before + 0.5) / inside, 0.0), 1.0)
+        out.append(min(max(float(edges[b]) + frac * float(edges[b + 1] - edges[b]), lo), hi))
+    return out
+
+
+def test_compute_many_equals_the_rule_per_histogram() -> None:
+    hists = [
+        _collect(_batches(kind, seed)) for seed in range(3) for kind in ("gaussian", "lognormal", "heavy", "growing")
+    ]
+    hists.insert(5, StreamingHistogram())  # empty: None
+    nan_only = StreamingHistogram()
+    nan_only.collect(torch.tensor([math.nan]))
+    hists.insert(9, nan_only)
+    coarse = _collect(_batches("heavy", 9), mantissa_bits=2, exponent_window=5)
+    hists.append(coarse)  # another binning in the same call
+    qs = [p / 100 for p in PERCENTILES]
+    many = compute_many(hists)
+    assert many[5] is None and many[9] is None
+    for h, s in zip(hists, many, strict=True):
+        if h.count == 0:
+            continue
+        assert list(s.percentiles.values()) == _reference_quantiles(h, qs)
+        assert (s.min, s.max, s.count, s.nonfinite) == (float(h._min), float(h._max), h.count, h.nonfinite)
+        assert s == h.compute()
+
+
+def test_stacked_states_round_trip() -> None:
+    hists = [_collect(_batches(kind, 4)) for kind in ("gaussian", "heavy", "growing")]
+    hists[1].collect(torch.tensor([math.inf, 1.0]))
+    back = unstack_states(stack_states(hists))
+    assert all(_state_equal(a, b) for a, b in zip(hists, back, strict=True))
+    with pytest.raises(ValueError, match="different binnings"):
+        stack_states([StreamingHistogram(), StreamingHistogram(mantissa_bits=3)])
+    bad = stack_states(hists)
+    bad["top"] = bad["top"][:2]
+    with pytest.raises(ValueError, match="rows"):
+        unstack_states(bad)
+
+
+@pytest.mark.parametrize("size", [1000, 300_000])  # the small-tensor and the pattern-table paths
+def test_weighted_collect_equals_repeated_collects(size: int) -> None:
+    g = torch.Generator().manual_seed(11)
+    xs = [torch.randn(size, generator=g) * 10.0**e for e in (0, 3, -2)]
+    xs[1][:3] = torch.tensor([math.nan, math.inf, 2.0])
+    weighted, repeated = StreamingHistogram(), StreamingHistogram()
+    for x, w in zip(xs, (3, 1, 4), strict=True):
+        weighted.collect(x, weight=w)
+        for _ in range(w):
+            repeated.collect(x)
+    assert _state_equal(weighted, repeated) and weighted.nonfinite == 2
+    with pytest.raises(ValueError, match="weight"):
+        weighted.collect(xs[0], weight=0)

@@ -43,7 +43,7 @@ def test_small_cpu_path_matches_general_path(monkeypatch, dtype, mantissa_bits, 
     fast = StreamingHistogram(mantissa_bits, window)
     for x in _batches(dtype):
         fast.collect(x)
-    monkeypatch.setattr(StreamingHistogram, "_collect_small_cpu", lambda self, chunk: False)
+    monkeypatch.setattr(StreamingHistogram, "_collect_small_cpu", lambda self, chunk, weight=1: False)
     general = StreamingHistogram(mantissa_bits, window)
     for x in _batches(dtype):
         general.collect(x)

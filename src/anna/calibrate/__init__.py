@@ -4,7 +4,8 @@ histograms, record weight per-channel absmax and cache a few of the component's 
 A run directory holds one model and one component:
 - `run.json`: model, component, settings, seed, prompts, cache config, run hash and a summary;
 - `calibration/stats.json`: per unit its kind and, per activation, min/max/absmax/percentiles/count/nonfinite;
-- `calibration/stats.safetensors`: `weight/UNIT/WEIGHT` per-channel absmax, `hist/UNIT/ACT/FIELD` histogram states;
+- `calibration/stats.safetensors`: `weight/UNIT/WEIGHT` per-channel absmax, and the histogram states stacked as
+  `hist/FIELD` (rows named by `hist/keys`);
 - `calibration/inputs.json` + `inputs.safetensors`: the cached component inputs (structure, origin; tensors);
 - `calibration/progress.safetensors`: only while a run is unfinished (the resume checkpoint).
 """

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +57,10 @@ __all__ = [
     "NonFiniteActivation",
     "PerChannelAbsMax",
     "StreamingHistogram",
+    "compute_many",
+    "stack_states",
+    "stats_from_state",
+    "unstack_states",
 ]
 
 PERCENTILES: tuple[int, ...] = (1, 5, 10, 90, 95, 99)
@@ -317,9 +321,12 @@ class StreamingHistogram:
 
     # -- collect ---------------------------------------------------------------------------------------------------
 
-    def collect(self, x: Tensor) -> None:
-        """Add every value of ``x`` to the statistics; non-finite values are counted (or rejected) and excluded."""
+    def collect(self, x: Tensor, weight: int = 1) -> None:
+        """Add every value of ``x`` to the statistics, ``weight`` times (the same state as collecting ``x`` that many
+        times); non-finite values are counted (or rejected) and excluded."""
         x = _as_float_tensor(x)
+        if not (isinstance(weight, int) and weight >= 1):
+            raise ValueError(f"weight must be a positive int, not {weight!r}")
         if self.on_nonfinite == "raise":
             _raise_if_nonfinite(x)
         if x.numel() == 0:
@@ -327,15 +334,15 @@ class StreamingHistogram:
         self._to(x.device)
         flat = x.reshape(-1)
         for start in range(0, flat.numel(), _CHUNK):
-            self._collect_chunk(flat[start : start + _CHUNK])
+            self._collect_chunk(flat[start : start + _CHUNK], weight)
 
-    def _collect_chunk(self, chunk: Tensor) -> None:
+    def _collect_chunk(self, chunk: Tensor, weight: int) -> None:
         m, half = self.mantissa_bits, self._half
         if chunk.dtype not in (torch.float32, *_NATIVE_16):
             chunk = chunk.float()  # float64 and others: rounded to float32
         chunk = chunk.contiguous()
         sync_free = _sync_free(chunk.device)
-        if not sync_free and chunk.numel() < _SMALL and self._collect_small_cpu(chunk):
+        if not sync_free and chunk.numel() < _SMALL and self._collect_small_cpu(chunk, weight):
             return
         lo, hi = _finite_min_max(chunk, sync_free)
         self._min = torch.minimum(self._min, lo)
@@ -350,10 +357,12 @@ class StreamingHistogram:
         low_key = ((new_top - (self.exponent_window - 1)) << m) - 1
         binner = _bin_direct if chunk.numel() < _SMALL else _bin_table
         hist = binner(chunk, low_key, m, half, sync_free).view(2, half + 1)
+        if weight != 1:
+            hist = hist * weight
         self._counts = self._counts + hist[:, :half]
         self._nonfinite = self._nonfinite + hist[:, half].sum()
 
-    def _collect_small_cpu(self, chunk: Tensor) -> bool:
+    def _collect_small_cpu(self, chunk: Tensor, weight: int = 1) -> bool:
         """The CPU path for a small contiguous chunk with only finite values, in few ops: the scalar bookkeeping is
         done in Python (host reads are free on the CPU). Same state as the general path; returns False (nothing
         collected) when the chunk holds a non-finite value, for the general path to handle."""
@@ -380,7 +389,8 @@ class StreamingHistogram:
         # finite values at or below the window's top: the magnitude index is in [0, half), no non-finite bin
         idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m).sub_(low_key).clamp_(min=0)
         idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half))
-        self._counts = self._counts + torch.bincount(idx, minlength=2 * half).view(2, half)
+        hist = torch.bincount(idx, minlength=2 * half).view(2, half)
+        self._counts = self._counts + (hist if weight == 1 else hist * weight)
         return True
 
     # -- merge / state_dict ----------------------------------------------------------------------------------------
@@ -444,20 +454,12 @@ class StreamingHistogram:
     # -- compute ---------------------------------------------------------------------------------------------------
 
     def _magnitudes(self, keys: Tensor) -> Tensor:
-        """float64 magnitude at the start of each binning key (0 for keys <= 0, inf past the largest float)."""
-        m = self.mantissa_bits
-        inside = (keys > 0) & (keys < (255 << m))
-        bits = (keys.clamp(0, (255 << m) - 1) << (23 - m)).to(torch.int32)
-        mags = bits.view(torch.float32).double()
-        mags = torch.where(inside, mags, torch.zeros_like(mags))
-        return torch.where(keys >= (255 << m), torch.full_like(mags, _INF), mags)
+        return _magnitudes(keys, self.mantissa_bits)
 
     def bin_edges(self) -> tuple[Tensor, Tensor]:
         """``(edges, counts)`` of the current histogram in ascending value order (CPU; edges float64, 2H + 1)."""
         counts = self._counts.cpu()
-        top = int(self._top)
-        low_key = (top - self.exponent_window + 1) << self.mantissa_bits
-        upper = self._magnitudes(low_key + torch.arange(self._half, dtype=torch.int64))  # upper edge per magnitude bin
+        upper = _upper_edges(self._top.cpu().reshape(1), self.mantissa_bits, self.exponent_window, self._half)[0]
         edges = torch.cat([-upper.flip(0), torch.zeros(1, dtype=torch.float64), upper])
         return edges, torch.cat([counts[1].flip(0), counts[0]])
 
@@ -473,23 +475,11 @@ class StreamingHistogram:
 
     def quantiles(self, qs: Iterable[float]) -> list[float]:
         """Estimates of ``torch.quantile(all_data, q)`` (linear interpolation) for each ``q`` in [0, 1]."""
-        qs_t = torch.tensor(list(qs), dtype=torch.float64)
-        if ((qs_t < 0) | (qs_t > 1)).any():
-            raise ValueError(f"quantiles must be in [0, 1], got {qs_t.tolist()}")
-        edges, counts = self.bin_edges()
-        n = int(counts.sum())
-        if n == 0:
+        qs_t = _check_quantiles(qs)
+        if self.count == 0:
             self._raise_empty()
-        lo, hi = float(self._min), float(self._max)
-        edges = edges.clamp(lo, hi)
-        cum = counts.cumsum(0)
-        rank = qs_t * (n - 1)
-        b = torch.searchsorted(cum.double(), rank, right=True).clamp(max=counts.numel() - 1)
-        inside = counts[b].double()
-        before = cum[b].double() - inside
-        frac = ((rank - before + 0.5) / inside).clamp(0.0, 1.0)
-        est = edges[b] + frac * (edges[b + 1] - edges[b])
-        return est.clamp(lo, hi).tolist()
+        state = stack_states([self])
+        return _quantile_rows(state, qs_t)[0].tolist()
 
     def _raise_empty(self) -> None:
         nonfinite = int(self._nonfinite)
@@ -499,19 +489,145 @@ class StreamingHistogram:
 
     def compute(self) -> ActStats:
         """Min, max, absmax (exact) and percentiles 1/5/10/90/95/99 of every finite value collected."""
-        count = self.count
-        if count == 0:
+        stats = compute_many([self])[0]
+        if stats is None:
             self._raise_empty()
-        lo, hi = float(self._min), float(self._max)
-        values = self.quantiles(p / 100 for p in PERCENTILES)
-        return ActStats(
-            min=lo,
-            max=hi,
-            absmax=max(abs(lo), abs(hi)),
-            percentiles={str(p): v for p, v in zip(PERCENTILES, values, strict=True)},
-            count=count,
-            nonfinite=self.nonfinite,
-        )
+        return stats
+
+
+# -- many histograms at once: stacked state and vectorized statistics -----------------------------------------------
+
+_ROWS = 8  # histograms per vectorized step of `stats_from_state`: bounds its temporaries to about 1 MB
+
+
+def _magnitudes(keys: Tensor, m: int) -> Tensor:
+    """float64 magnitude at the start of each binning key (0 for keys <= 0, inf past the largest float)."""
+    inside = (keys > 0) & (keys < (255 << m))
+    bits = (keys.clamp(0, (255 << m) - 1) << (23 - m)).to(torch.int32)
+    mags = bits.view(torch.float32).double()
+    mags = torch.where(inside, mags, torch.zeros_like(mags))
+    return torch.where(keys >= (255 << m), torch.full_like(mags, _INF), mags)
+
+
+def _upper_edges(tops: Tensor, m: int, window: int, half: int) -> Tensor:
+    """(N, half) float64 upper edge of every magnitude bin of N windows ending at binades ``tops``."""
+    return _edges_at(tops, m, window, half, half + 1 + torch.arange(half, dtype=torch.int64).expand(len(tops), half))
+
+
+def _edges_at(tops: Tensor, m: int, window: int, half: int, index: Tensor) -> Tensor:
+    """float64 value edges ``index`` (N, K) of N windows in ascending value order: edge ``half`` is 0, edges
+    ``half + 1 + i`` and ``half - 1 - i`` are the upper and lower edges (+-) of magnitude bin ``i``."""
+    low_key = ((tops.to(torch.int64) - window + 1) << m)[:, None]
+    mags = _magnitudes(low_key + (index - half).abs_() - 1, m)
+    mags = torch.where(index == half, torch.zeros_like(mags), mags)
+    return torch.where(index < half, -mags, mags)
+
+
+def _check_quantiles(qs: Iterable[float]) -> Tensor:
+    qs_t = torch.tensor(list(qs), dtype=torch.float64)
+    if ((qs_t < 0) | (qs_t > 1)).any():
+        raise ValueError(f"quantiles must be in [0, 1], got {qs_t.tolist()}")
+    return qs_t
+
+
+def _quantile_rows(state: Mapping[str, Tensor], qs: Tensor) -> Tensor:
+    """(N, Q) quantile estimates of the N histograms in a :func:`stack_states` state (see ``quantiles``; rows
+    that counted nothing give meaningless values).
+
+    The target rank ``q (n - 1)`` is located in the cumulative counts (ascending value order) and interpolated
+    linearly inside its bin, whose edges are clipped to the exact min and max.
+    """
+    counts, m, window = state["counts"], int(state["mantissa_bits"]), int(state["exponent_window"])
+    half = counts.shape[-1]
+    lo, hi = state["min"].double()[:, None], state["max"].double()[:, None]
+    asc = torch.cat([counts[:, 1].flip(-1), counts[:, 0]], 1)
+    cum = asc.cumsum(1)
+    rank = qs[None, :] * (cum[:, -1:] - 1).double()
+    # first bin whose cumulative count exceeds the rank (counts are integers: exceeding floor(rank) is the same)
+    b = torch.searchsorted(cum, rank.floor().long(), right=True).clamp_(max=2 * half - 1)
+    inside = asc.gather(1, b).double()
+    before = cum.gather(1, b).double() - inside
+    frac = ((rank - before + 0.5) / inside).clamp_(0.0, 1.0)
+    left = torch.clamp(_edges_at(state["top"], m, window, half, b), lo, hi)
+    right = torch.clamp(_edges_at(state["top"], m, window, half, b + 1), lo, hi)
+    return torch.clamp(left + frac * (right - left), lo, hi)
+
+
+def stack_states(hists: Sequence[StreamingHistogram]) -> dict[str, Tensor]:
+    """The states of histograms with the same binning as one set of CPU tensors, row ``i`` for ``hists[i]``:
+    ``counts`` (N, 2, H) (int32 where every histogram counted fewer than 2^31 values, else int64),
+    ``top``/``min``/``max``/``nonfinite`` (N,), and the binning as two scalars."""
+    if not hists:
+        raise ValueError("stack_states needs at least one histogram")
+    binning = {(h.mantissa_bits, h.exponent_window) for h in hists}
+    if len(binning) > 1:
+        raise ValueError(f"cannot stack histograms with different binnings {sorted(binning)}")
+    m, window = binning.pop()
+    fits = all(int(h._counts.sum()) < 2**31 for h in hists)  # every bin then fits int32: half the bytes
+    counts = torch.empty((len(hists), *hists[0]._counts.shape), dtype=torch.int32 if fits else torch.int64)
+    for row, h in zip(counts, hists, strict=True):
+        row.copy_(h._counts)
+    return {
+        "counts": counts,
+        "top": torch.stack([h._top.cpu() for h in hists]),
+        "min": torch.stack([h._min.cpu() for h in hists]),
+        "max": torch.stack([h._max.cpu() for h in hists]),
+        "nonfinite": torch.stack([h._nonfinite.cpu() for h in hists]),
+        "mantissa_bits": torch.tensor(m, dtype=torch.int64),
+        "exponent_window": torch.tensor(window, dtype=torch.int64),
+    }
+
+
+def unstack_states(state: Mapping[str, Tensor]) -> list[StreamingHistogram]:
+    """Inverse of :func:`stack_states` (each row is checked as :meth:`StreamingHistogram.from_state_dict` does)."""
+    rows = {"counts", "top", "min", "max", "nonfinite"}
+    missing = (rows | {"mantissa_bits", "exponent_window"}) - set(state)
+    if missing:
+        raise ValueError(f"stacked histogram state is missing {sorted(missing)}")
+    n = len(state["counts"])
+    if any(state[k].shape[:1] != (n,) for k in rows):
+        raise ValueError("stacked histogram state has fields with different numbers of rows")
+    binning = {"mantissa_bits": state["mantissa_bits"], "exponent_window": state["exponent_window"]}
+    return [StreamingHistogram.from_state_dict({**{k: state[k][i] for k in rows}, **binning}) for i in range(n)]
+
+
+def stats_from_state(state: Mapping[str, Tensor]) -> list[ActStats | None]:
+    """The statistics of every row of a :func:`stack_states` state (as ``compute()`` gives them), vectorized in
+    blocks of rows; None for a row that holds no finite value."""
+    qs = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
+    mins, maxs, nonfinite = state["min"].tolist(), state["max"].tolist(), state["nonfinite"].tolist()
+    out: list[ActStats | None] = []
+    for start in range(0, len(state["counts"]), _ROWS):
+        block = {k: (v[start : start + _ROWS] if v.ndim else v) for k, v in state.items()}
+        n = dict(enumerate(block["counts"].sum((1, 2)).tolist(), start))
+        for j, pv in enumerate(_quantile_rows(block, qs).tolist(), start):
+            if n[j] == 0:  # the block's arithmetic for this row is meaningless and discarded
+                out.append(None)
+                continue
+            lo, hi = mins[j], maxs[j]
+            out.append(
+                ActStats(
+                    min=lo,
+                    max=hi,
+                    absmax=max(abs(lo), abs(hi)),
+                    percentiles={str(p): v for p, v in zip(PERCENTILES, pv, strict=True)},
+                    count=n[j],
+                    nonfinite=nonfinite[j],
+                )
+            )
+    return out
+
+
+def compute_many(hists: Sequence[StreamingHistogram]) -> list[ActStats | None]:
+    """``compute()`` of every histogram, vectorized across them; None where no finite value was collected."""
+    out: list[ActStats | None] = [None] * len(hists)
+    by_binning: dict[tuple[int, int], list[int]] = {}
+    for i, h in enumerate(hists):
+        by_binning.setdefault((h.mantissa_bits, h.exponent_window), []).append(i)
+    for rows in by_binning.values():
+        for i, stats in zip(rows, stats_from_state(stack_states([hists[i] for i in rows])), strict=True):
+            out[i] = stats
+    return out
 
 
 class PerChannelAbsMax:

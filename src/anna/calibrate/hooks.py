@@ -18,6 +18,7 @@ Either way the statistics, the cached inputs and the component outputs are those
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -123,12 +124,22 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
     col = {act: observers.collector(unit, act) for act in ACTIVATIONS["attention"]}
     col["p"] = observers.collector(unit, "p", owned=True)  # computed here for observation only
     held: dict[str, Tensor] = {}
+    last_context: list[weakref.ref | None] = [None]
+    same_context = [False]
 
     def keep(name: str) -> Callable[..., None]:
         def hook(mod: nn.Module, args: tuple, output: Tensor) -> None:
             held[name] = output
 
         return hook
+
+    def context_hook(mod: nn.Module, args: tuple) -> None:
+        # the same context tensor as in the previous call (text embeddings across denoising steps): context, k and
+        # v likely repeat; the collectors check that exactly before counting a staged copy again
+        x = args[0]
+        same_context[0] = last_context[0] is not None and last_context[0]() is x
+        last_context[0] = weakref.ref(x)
+        col["context"](x, same_context[0])
 
     def done(mod: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         query, key, value = held.pop("q"), held.pop("k"), held.pop("v")
@@ -144,14 +155,14 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
             mask = attn.prepare_attention_mask(mask, sequence_length, batch_size)
             mask = mask.view(batch_size, attn.heads, -1, mask.shape[-1])
         col["q"](query if attn.norm_q is None else q)
-        col["k"](key if attn.norm_k is None else k)
-        col["v"](value)
+        col["k"](key if attn.norm_k is None else k, same_context[0])
+        col["v"](value, same_context[0])
         attention_probabilities(q, k, attention_scale(attn, head_dim), mask, col["p"])
 
     return [
         module.to_q.register_forward_pre_hook(_input_hook(col["input"])),
         module.to_q.register_forward_hook(keep("q")),
-        module.to_k.register_forward_pre_hook(_input_hook(col["context"])),
+        module.to_k.register_forward_pre_hook(context_hook),
         module.to_k.register_forward_hook(keep("k")),
         module.to_v.register_forward_hook(keep("v")),
         module.to_out[0].register_forward_pre_hook(_input_hook(col["out_in"])),

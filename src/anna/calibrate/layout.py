@@ -23,7 +23,7 @@ def stats_json(run_dir: str | Path) -> Path:
 
 
 def stats_tensors(run_dir: str | Path) -> Path:
-    """Weight per-channel absmax (`weight/UNIT/WEIGHT`) and histogram states (`hist/UNIT/ACT/FIELD`)."""
+    """Weight per-channel absmax (`weight/UNIT/WEIGHT`) and the stacked histogram states (`hist/FIELD`, `hist/keys`)."""
     return calibration_dir(run_dir) / "stats.safetensors"
 
 

@@ -1,18 +1,27 @@
 """The observers of one calibration: a StreamingHistogram per (unit, activation) and a per-channel absmax per weight.
 
 Follows the observer protocol of DESIGN.md: `collect`, then `compute`, then `reset`. State is a flat dict of CPU
-tensors (`hist/UNIT/ACT/FIELD`, `weight/UNIT/WEIGHT`) for safetensors, so a run can be checkpointed and resumed.
+tensors (the stacked histograms `hist/FIELD`, `weight/UNIT/WEIGHT`) for safetensors, so a run can be checkpointed
+and resumed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from anna.calibrate.histogram import ActStats, PerChannelAbsMax, StreamingHistogram
+from anna.calibrate.histogram import (
+    ActStats,
+    PerChannelAbsMax,
+    StreamingHistogram,
+    stack_states,
+    stats_from_state,
+    unstack_states,
+)
 from anna.errors import AnnaError
 from anna.inventory import ACTIVATIONS, quantized_weights
 
@@ -61,7 +70,7 @@ class UnitObservers:
         self.item = 0  # the prompt or batch being run, for the non-finite report
         self.order: list[tuple[str, str]] = []  # first-collect order, that is execution order
         self._seen: set[tuple[str, str]] = set()
-        self._staged: dict[tuple[str, str], list[tuple[int, Tensor]]] = {}
+        self._staged: dict[tuple[str, str], list[list]] = {}  # key -> [item, tensor, times counted]
         self._key_bytes: dict[tuple[str, str], int] = {}
         self._staged_bytes = 0
         self.nonfinite_first: dict[tuple[str, str], int] = {}
@@ -70,14 +79,19 @@ class UnitObservers:
         # count after, the chunks' items, per-chunk all-finite flags where the chunks span several items)
         self._pending: list[tuple[tuple[str, str], Tensor, Tensor, list[int], Tensor | None]] = []
 
-    def collector(self, unit: str, activation: str, owned: bool = False) -> Callable[[Tensor], None]:
-        """A fast `collect(x)` for one activation (what hooks and taps call). `owned`: the caller hands the tensors
-        over (nothing else holds or changes them), so they are staged without a copy."""
+    def collector(self, unit: str, activation: str, owned: bool = False) -> Callable[..., None]:
+        """A fast `collect(x, repeat=False)` for one activation (what hooks and taps call).
+
+        `owned`: the caller hands the tensors over (nothing else holds or changes them), so they are staged without
+        a copy. `repeat`: a hint that `x` likely holds the values of this activation's previous tensor (say, a
+        cross-attention key computed from unchanged text embeddings); when it equals the staged copy exactly, that
+        copy is counted once more instead of staging `x` (same statistics, no copy and no second binning).
+        """
         key = (unit, activation)
         hist = self.hists[key]
         seen, order, staged, key_bytes = self._seen, self.order, self._staged, self._key_bytes
 
-        def collect(x: Tensor) -> None:
+        def collect(x: Tensor, repeat: bool = False) -> None:
             if key not in seen:
                 seen.add(key)
                 order.append(key)
@@ -85,12 +99,22 @@ class UnitObservers:
             if size >= self.direct_bytes:
                 hist.collect(x)
                 return
-            staged.setdefault(key, []).append((self.item, x.detach() if owned else x.detach().clone()))
-            key_bytes[key] = key_bytes.get(key, 0) + size
+            chunks = staged.get(key)
+            if chunks is not None:
+                last = chunks[-1]
+                if repeat and last[1].shape == x.shape and last[1].dtype == x.dtype and torch.equal(last[1], x):
+                    last[2] += 1
+                    return
+                if key_bytes[key] + size > self.direct_bytes:
+                    self._bin(key)
+                    chunks = None
+            if chunks is None:
+                chunks = staged[key] = []
+                key_bytes[key] = 0
+            chunks.append([self.item, x.detach() if owned else x.detach().clone(), 1])
+            key_bytes[key] += size
             self._staged_bytes += size
-            if key_bytes[key] >= self.direct_bytes:
-                self._bin(key)
-            elif self._staged_bytes >= self.buffer_bytes:
+            if self._staged_bytes >= self.buffer_bytes:
                 for k in sorted(key_bytes, key=key_bytes.__getitem__, reverse=True):
                     self._bin(k)
                     if self._staged_bytes <= self.buffer_bytes // 2:
@@ -99,21 +123,26 @@ class UnitObservers:
         return collect
 
     def _bin(self, key: tuple[str, str]) -> None:
-        """Bin one activation's staged tensors; note the first item of any non-finite value among them."""
+        """Bin one activation's staged tensors (those counted the same number of times together); note the first
+        item of any non-finite value among them."""
         chunks = self._staged.pop(key)
         self._staged_bytes -= self._key_bytes.pop(key)
         hist = self.hists[key]
         before = hist.nonfinite_tensor
-        hist.collect(torch.cat([c.reshape(-1) for _, c in chunks]) if len(chunks) > 1 else chunks[0][1])
+        by_weight: dict[int, list[Tensor]] = {}
+        for _, c, w in chunks:
+            by_weight.setdefault(w, []).append(c)
+        for w, group in by_weight.items():
+            hist.collect(torch.cat([c.reshape(-1) for c in group]) if len(group) > 1 else group[0], weight=w)
         if key in self.nonfinite_first:
             return
         after = hist.nonfinite_tensor
         if _reads_are_free(after):
             if int(after) > int(before):
-                self.nonfinite_first[key] = next(i for i, c in chunks if not bool(torch.isfinite(c).all()))
+                self.nonfinite_first[key] = next(i for i, c, _ in chunks if not bool(torch.isfinite(c).all()))
             return
-        items = [i for i, _ in chunks]
-        flags = None if items[0] == items[-1] else torch.stack([torch.isfinite(c).all() for _, c in chunks])
+        items = [i for i, _, _ in chunks]
+        flags = None if items[0] == items[-1] else torch.stack([torch.isfinite(c).all() for _, c, _ in chunks])
         self._pending.append((key, before, after, items, flags))
 
     def _resolve_pending(self, item: int | None = None) -> None:
@@ -164,12 +193,15 @@ class UnitObservers:
         """Bytes of histogram state held (fixed, whatever was collected)."""
         return sum(h.nbytes for h in self.hists.values())
 
-    def compute(self) -> dict[str, dict[str, ActStats | None]]:
-        """unit -> activation -> stats; None where no finite value was collected."""
-        self.flush()
+    def compute(self, state: Mapping[str, Tensor] | None = None) -> dict[str, dict[str, ActStats | None]]:
+        """unit -> activation -> stats; None where no finite value was collected. `state`: this observer's
+        `state_dict()`, where the caller has it already (saves stacking the histograms again)."""
+        if state is None:
+            state = self.state_dict()
+        rows = stats_from_state({k[len(HIST) + 1 :]: v for k, v in state.items() if k.startswith(HIST + "/")})
         out: dict[str, dict[str, ActStats | None]] = {name: {} for name in self.kinds}
-        for (unit, act), hist in self.hists.items():
-            out[unit][act] = hist.compute() if hist.count else None
+        for (unit, act), stats in zip(self.hists, rows, strict=True):
+            out[unit][act] = stats
         return out
 
     def reset(self) -> None:
@@ -185,13 +217,13 @@ class UnitObservers:
         self._reported.clear()
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Every histogram's state under `hist/UNIT/ACT/FIELD`."""
+        """Every histogram's state, stacked (see `histogram.stack_states`) under `hist/FIELD`, with the row
+        names as a JSON list of [unit, activation] pairs in the uint8 tensor `hist/keys`."""
         self.flush()
-        return {
-            f"{HIST}/{unit}/{act}/{field}": t
-            for (unit, act), hist in self.hists.items()
-            for field, t in hist.state_dict().items()
-        }
+        keys = json.dumps([list(k) for k in self.hists]).encode()
+        state = {f"{HIST}/{field}": t for field, t in stack_states(list(self.hists.values())).items()}
+        state[f"{HIST}/keys"] = torch.frombuffer(bytearray(keys), dtype=torch.uint8)
+        return state
 
     def load_state_dict(
         self,
@@ -232,15 +264,17 @@ def weight_absmax(units: Sequence[tuple[str, nn.Module]]) -> dict[str, Tensor]:
 
 
 def histograms_from_state(state: Mapping[str, Tensor]) -> dict[str, dict[str, StreamingHistogram]]:
-    """unit -> activation -> histogram, from a `state_dict` (e.g. stats.safetensors)."""
-    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
-    for key, t in state.items():
-        if not key.startswith(HIST + "/"):
-            continue
-        unit_act, _, field = key[len(HIST) + 1 :].rpartition("/")
-        unit, _, act = unit_act.rpartition("/")
-        groups.setdefault((unit, act), {})[field] = t
+    """unit -> activation -> histogram, from a `UnitObservers.state_dict` (e.g. stats.safetensors)."""
+    if f"{HIST}/keys" not in state:
+        raise AnnaError("calibration state has no histogram keys (hist/keys)")
+    try:
+        keys = json.loads(state[f"{HIST}/keys"].numpy().tobytes())
+        hists = unstack_states({k[len(HIST) + 1 :]: v for k, v in state.items() if k.startswith(HIST + "/")})
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AnnaError(f"calibration histogram state is damaged: {e}") from None
+    if len(keys) != len(hists):
+        raise AnnaError(f"calibration state names {len(keys)} histograms but holds {len(hists)}")
     out: dict[str, dict[str, StreamingHistogram]] = {}
-    for (unit, act), sub in groups.items():
-        out.setdefault(unit, {})[act] = StreamingHistogram.from_state_dict(sub)
+    for (unit, act), hist in zip(keys, hists, strict=True):
+        out.setdefault(unit, {})[act] = hist
     return out

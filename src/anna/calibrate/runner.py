@@ -209,7 +209,8 @@ def _write_results(
     cache: InputCache,
 ) -> dict[str, Any]:
     """stats.safetensors, stats.json, inputs.safetensors, inputs.json; returns the summary for run.json."""
-    stats = observers.compute()
+    hist_state = observers.state_dict()
+    stats = observers.compute(hist_state)
     units_json: dict[str, Any] = {}
     unobserved = []
     for name, unit_kind, _ in units:
@@ -220,7 +221,7 @@ def _write_results(
     nonfinite = [n.to_json() for n in observers.nonfinite()]
     head = {"format_version": FORMAT_VERSION, "model": model_name, "component": component}
     tensors = weight_absmax([(n, m) for n, _, m in units])
-    tensors.update(observers.state_dict())
+    tensors.update(hist_state)
     write_tensors(layout.stats_tensors(run_dir), tensors, metadata={"format_version": str(FORMAT_VERSION)})
     write_json(layout.stats_json(run_dir), {**head, "units": units_json, "nonfinite": nonfinite})
     write_tensors(layout.inputs_tensors(run_dir), cache.tensors, metadata={"format_version": str(FORMAT_VERSION)})

@@ -1,0 +1,82 @@
+"""UnitObservers: staged binning, the repeat hint and the stacked state give exactly the histograms of binning every
+tensor at once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anna.calibrate.observers import UnitObservers, histograms_from_state
+from anna.errors import AnnaError
+
+
+def _stream(seed: int) -> list[tuple[torch.Tensor, bool]]:
+    """(tensor, repeat hint) pairs: runs of one tensor hinted as repeats, a wrong hint, NaN, shape and range changes."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[tuple[torch.Tensor, bool]] = []
+    for k in range(12):
+        x = torch.randn(3, 50 + 10 * (k % 3), generator=g) * 4.0 ** (k % 5)
+        if k == 7:
+            x[0, 0] = float("nan")  # NaN != NaN: its repeats are binned as new tensors
+        out.append((x, False))
+        out += [(x.clone(), True)] * (k % 4)  # equal values, hinted
+        if k == 5:
+            out.append((x + 1.0, True))  # a wrong hint: other values
+            out.append((x.reshape(-1)[:60].clone(), True))  # a wrong hint: other shape
+    return out
+
+
+def _observe(buffer_bytes: int, direct_bytes: int, seed: int) -> UnitObservers:
+    obs = UnitObservers([("u", "linear")], buffer_bytes=buffer_bytes, direct_bytes=direct_bytes)
+    collect = obs.collector("u", "input")
+    for i, (x, repeat) in enumerate(_stream(seed)):
+        obs.item = i
+        collect(x, repeat)
+    obs.flush()
+    return obs
+
+
+@pytest.mark.parametrize("buffer_bytes,direct_bytes", [(1 << 20, 1 << 20), (4096, 2048), (1 << 20, 1500)])
+def test_staging_and_repeats_equal_binning_at_once(buffer_bytes: int, direct_bytes: int) -> None:
+    for seed in range(3):
+        ref = _observe(0, 0, seed).hists[("u", "input")].state_dict()
+        staged = _observe(buffer_bytes, direct_bytes, seed)
+        got = staged.hists[("u", "input")].state_dict()
+        for field, t in ref.items():
+            assert torch.equal(got[field], t), (seed, field)
+        first_nan = next(i for i, (x, _) in enumerate(_stream(seed)) if x.isnan().any())
+        assert [(n.first_item, n.count) for n in staged.nonfinite()] == [(first_nan, int(ref["nonfinite"]))]
+        assert int(ref["nonfinite"]) == 4  # the NaN tensor and its three hinted copies
+
+
+def test_repeats_are_counted_without_a_copy() -> None:
+    obs = UnitObservers([("u", "linear")], buffer_bytes=1 << 20)
+    collect = obs.collector("u", "input")
+    x = torch.randn(64)
+    for _ in range(5):
+        collect(x.clone(), True)
+    chunks = obs._staged[("u", "input")]
+    assert len(chunks) == 1 and chunks[0][2] == 5 and obs._staged_bytes == x.numel() * 4
+    collect(x + 1, True)
+    assert [c[2] for c in obs._staged[("u", "input")]] == [5, 1]
+
+
+def test_stacked_state_round_trip_and_damage() -> None:
+    units = [("a", "linear"), ("b", "attention")]
+    obs = UnitObservers(units)
+    obs.collector("a", "input")(torch.randn(100))
+    obs.collector("b", "p")(torch.rand(10, 10))
+    state = obs.state_dict()
+    assert state["hist/counts"].shape[0] == len(obs.hists) == 8
+    back = histograms_from_state(state)
+    for (unit, act), hist in obs.hists.items():
+        mine, theirs = back[unit][act].state_dict(), hist.state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), (unit, act)
+    assert obs.compute(state)["a"]["input"] == obs.hists[("a", "input")].compute()
+    assert obs.compute()["b"]["q"] is None
+    with pytest.raises(AnnaError, match="names 7 histograms but holds 8"):
+        bad = dict(state)
+        bad["hist/keys"] = torch.frombuffer(bytearray(b'[["a","input"]' + b',["b","x"]' * 6 + b"]"), dtype=torch.uint8)
+        histograms_from_state(bad)
+    with pytest.raises(AnnaError, match="no histogram keys"):
+        histograms_from_state({k: v for k, v in state.items() if k != "hist/keys"})
