@@ -658,11 +658,17 @@ class PerChannelAbsMax:
             raise ValueError(f"PerChannelAbsMax saw {self._absmax.shape[0]} channels before, now {w.shape[0]}")
         if self.on_nonfinite == "raise":
             _raise_if_nonfinite(w)
-        a = w.float().abs()
-        finite = torch.isfinite(a)
-        a = a.masked_fill(~finite, 0.0).reshape(w.shape[0], -1)
-        per = a.amax(dim=1) if a.shape[1] else torch.zeros(w.shape[0], device=w.device)
-        self._nonfinite = self._nonfinite.to(w.device) + (~finite).sum()
+        per = None
+        if not _sync_free(w.device) and w[0].numel():  # CPU: one pass; NaN/Inf show in the result, then mask
+            per = w.reshape(w.shape[0], -1).abs().amax(dim=1).float()
+            if not bool(torch.isfinite(per).all()):
+                per = None
+        if per is None:
+            a = w.float().abs()
+            finite = torch.isfinite(a)
+            a = a.masked_fill(~finite, 0.0).reshape(w.shape[0], -1)
+            per = a.amax(dim=1) if a.shape[1] else torch.zeros(w.shape[0], device=w.device)
+            self._nonfinite = self._nonfinite.to(w.device) + (~finite).sum()
         self._absmax = per if self._absmax is None else torch.maximum(self._absmax.to(w.device), per)
 
     def compute(self) -> Tensor:

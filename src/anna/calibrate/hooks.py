@@ -121,25 +121,29 @@ def _call_arg(args: tuple, kwargs: dict[str, Any], index: int, name: str) -> Any
 
 def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) -> list[RemovableHandle]:
     """Hooks observing a standard diffusers attention unit through its projections (see the module docstring)."""
-    col = {act: observers.collector(unit, act) for act in ACTIVATIONS["attention"]}
-    col["p"] = observers.collector(unit, "p", owned=True)  # computed here for observation only
+    # The standard processors never change the projections' outputs, or to_out's input, in place, and p is computed
+    # here for observation only: those are staged without a copy. The unit's input and context are the caller's.
+    owned = ("q", "k", "v", "out_in", "p")
+    col = {act: observers.collector(unit, act, owned=act in owned) for act in ACTIVATIONS["attention"]}
     held: dict[str, Tensor] = {}
     last_context: list[weakref.ref | None] = [None]
     same_context = [False]
 
-    def keep(name: str) -> Callable[..., None]:
-        def hook(mod: nn.Module, args: tuple, output: Tensor) -> None:
-            held[name] = output
+    def query_hook(mod: nn.Module, args: tuple, output: Tensor) -> None:
+        col["input"](args[0])
+        held["q"] = output
 
-        return hook
-
-    def context_hook(mod: nn.Module, args: tuple) -> None:
+    def key_hook(mod: nn.Module, args: tuple, output: Tensor) -> None:
         # the same context tensor as in the previous call (text embeddings across denoising steps): context, k and
         # v likely repeat; the collectors check that exactly before counting a staged copy again
         x = args[0]
         same_context[0] = last_context[0] is not None and last_context[0]() is x
         last_context[0] = weakref.ref(x)
         col["context"](x, same_context[0])
+        held["k"] = output
+
+    def value_hook(mod: nn.Module, args: tuple, output: Tensor) -> None:
+        held["v"] = output
 
     def done(mod: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         query, key, value = held.pop("q"), held.pop("k"), held.pop("v")
@@ -160,11 +164,9 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
         attention_probabilities(q, k, attention_scale(attn, head_dim), mask, col["p"])
 
     return [
-        module.to_q.register_forward_pre_hook(_input_hook(col["input"])),
-        module.to_q.register_forward_hook(keep("q")),
-        module.to_k.register_forward_pre_hook(context_hook),
-        module.to_k.register_forward_hook(keep("k")),
-        module.to_v.register_forward_hook(keep("v")),
+        module.to_q.register_forward_hook(query_hook),
+        module.to_k.register_forward_hook(key_hook),
+        module.to_v.register_forward_hook(value_hook),
         module.to_out[0].register_forward_pre_hook(_input_hook(col["out_in"])),
         module.register_forward_hook(done, with_kwargs=True),
     ]

@@ -99,11 +99,12 @@ class UnitObservers:
             if size >= self.direct_bytes:
                 hist.collect(x)
                 return
+            flat = (x.detach() if x.requires_grad else x).reshape(-1)  # staged flat: binned without a reshape
             chunks = staged.get(key)
             if chunks is not None:
-                last = chunks[-1]
-                if repeat and last[1].shape == x.shape and last[1].dtype == x.dtype and torch.equal(last[1], x):
-                    last[2] += 1
+                last = chunks[-1][1]
+                if repeat and last.shape == flat.shape and last.dtype == flat.dtype and torch.equal(last, flat):
+                    chunks[-1][2] += 1
                     return
                 if key_bytes[key] + size > self.direct_bytes:
                     self._bin(key)
@@ -111,7 +112,9 @@ class UnitObservers:
             if chunks is None:
                 chunks = staged[key] = []
                 key_bytes[key] = 0
-            chunks.append([self.item, x.detach() if owned else x.detach().clone(), 1])
+            if not owned and x.is_contiguous():  # else reshape made a copy already
+                flat = flat.clone()
+            chunks.append([self.item, flat, 1])
             key_bytes[key] += size
             self._staged_bytes += size
             if self._staged_bytes >= self.buffer_bytes:
@@ -133,7 +136,7 @@ class UnitObservers:
         for _, c, w in chunks:
             by_weight.setdefault(w, []).append(c)
         for w, group in by_weight.items():
-            hist.collect(torch.cat([c.reshape(-1) for c in group]) if len(group) > 1 else group[0], weight=w)
+            hist.collect(torch.cat(group) if len(group) > 1 else group[0], weight=w)
         if key in self.nonfinite_first:
             return
         after = hist.nonfinite_tensor
