@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from anna.calibrate.hooks import observe
 from anna.calibrate.observers import UnitObservers, histograms_from_state
 from anna.errors import AnnaError
 
@@ -80,3 +81,25 @@ def test_stacked_state_round_trip_and_damage() -> None:
         histograms_from_state(bad)
     with pytest.raises(AnnaError, match="no histogram keys"):
         histograms_from_state({k: v for k, v in state.items() if k != "hist/keys"})
+
+
+def test_observe_chains_onto_an_instance_forward_and_restores_it() -> None:
+    """A forward already set on the instance (as accelerate's offload hooks do) keeps running under observation and
+    is the one in place afterwards; a plain module gets its class forward back."""
+    plain, patched = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    calls: list[int] = []
+    original = patched.forward
+
+    def offload_forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return original(x)
+
+    patched.forward = offload_forward
+    obs = UnitObservers([("plain", "linear"), ("patched", "linear")], buffer_bytes=0)
+    x = torch.randn(5, 4)
+    with observe([("plain", "linear", plain), ("patched", "linear", patched)], obs):
+        assert torch.equal(patched(x), original(x)) and len(calls) == 1
+        plain(x * 2)
+    assert patched.forward is offload_forward and "forward" not in plain.__dict__
+    assert obs.hists[("patched", "input")].count == obs.hists[("plain", "input")].count == x.numel()
+    assert obs.hists[("plain", "input")].compute().max == float((x * 2).max())

@@ -47,6 +47,7 @@ def test_interrupted_run_resumes_to_identical_stats(unet_run, tmp_path):
         handle.remove()
     unet = model.pipeline.unet
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())  # every hook removed
+    assert not any("forward" in m.__dict__ for m in unet.modules())  # and every forward wrapper
     assert not any(type(p).__module__.startswith("anna") for p in unet.attn_processors.values())
     cal = tmp_path / "calibration"
     assert {p.name for p in cal.iterdir()} == {"progress.safetensors"}  # no partial artifact, no temp file

@@ -234,7 +234,7 @@ def _as_float_tensor(x: Tensor) -> Tensor:
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
-    return x.detach()
+    return x.detach() if x.requires_grad else x
 
 
 class StreamingHistogram:
@@ -268,6 +268,7 @@ class StreamingHistogram:
         self._min = torch.full((), _INF, dtype=torch.float32, device=dev)
         self._max = torch.full((), -_INF, dtype=torch.float32, device=dev)
         self._nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
+        self._host: tuple[float, float, int] | None = None  # (min, max, top) read back, for the CPU small path
 
     def _state(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return self._counts, self._top, self._min, self._max, self._nonfinite
@@ -276,6 +277,7 @@ class StreamingHistogram:
         if device != self._device:
             self._device = device
             self._counts, self._top, self._min, self._max, self._nonfinite = (t.to(device) for t in self._state())
+            self._host = None
 
     @property
     def nbytes(self) -> int:
@@ -332,6 +334,9 @@ class StreamingHistogram:
         if x.numel() == 0:
             return
         self._to(x.device)
+        if x.numel() <= _CHUNK:
+            self._collect_chunk(x if x.dim() == 1 else x.reshape(-1), weight)
+            return
         flat = x.reshape(-1)
         for start in range(0, flat.numel(), _CHUNK):
             self._collect_chunk(flat[start : start + _CHUNK], weight)
@@ -340,13 +345,15 @@ class StreamingHistogram:
         m, half = self.mantissa_bits, self._half
         if chunk.dtype not in (torch.float32, *_NATIVE_16):
             chunk = chunk.float()  # float64 and others: rounded to float32
-        chunk = chunk.contiguous()
+        if not chunk.is_contiguous():
+            chunk = chunk.contiguous()
         sync_free = _sync_free(chunk.device)
         if not sync_free and chunk.numel() < _SMALL and self._collect_small_cpu(chunk, weight):
             return
         lo, hi = _finite_min_max(chunk, sync_free)
         self._min = torch.minimum(self._min, lo)
         self._max = torch.maximum(self._max, hi)
+        self._host = None
         # the window's top is the binade of the running absmax (-1 from -inf while nothing finite was seen)
         top_now = torch.maximum(self._max, -self._min).view(torch.int32) >> 23
         new_top = torch.maximum(self._top, top_now)
@@ -366,26 +373,29 @@ class StreamingHistogram:
         """The CPU path for a small contiguous chunk with only finite values, in few ops: the scalar bookkeeping is
         done in Python (host reads are free on the CPU). Same state as the general path; returns False (nothing
         collected) when the chunk holds a non-finite value, for the general path to handle."""
-        lo_t, hi_t = torch.aminmax(chunk)
-        lo, hi = lo_t.item(), hi_t.item()
+        lo, hi = torch.aminmax(chunk)
+        lo, hi = lo.item(), hi.item()
         if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through aminmax, Inf shows as is
             return False
         m, half = self.mantissa_bits, self._half
-        cur_lo, cur_hi = self._min.item(), self._max.item()
+        if self._host is None:
+            self._host = (self._min.item(), self._max.item(), self._top.item())
+        cur_lo, cur_hi, top = self._host
         if lo < cur_lo:
             self._min = torch.tensor(lo, dtype=torch.float32)
         if hi > cur_hi:
             self._max = torch.tensor(hi, dtype=torch.float32)
-        absmax = max(max(hi, cur_hi), -min(lo, cur_lo))  # >= 0 and exactly a float32: a value of the data
-        top = self._top.item()
+        new_lo, new_hi = min(lo, cur_lo), max(hi, cur_hi)
+        absmax = max(new_hi, -new_lo)  # >= 0 and exactly a float32: a value of the data
         top_now = struct.unpack("<i", struct.pack("<f", absmax))[0] >> 23
         if top_now > top:
             new_top = torch.tensor(top_now, dtype=torch.int32)
             if cur_lo <= cur_hi:  # else nothing finite was counted yet: the counts are all zero
                 self._counts = self._slide(self._counts, self._top, new_top)
             self._top, top = new_top, top_now
+        self._host = (new_lo, new_hi, top)
         low_key = ((top - (self.exponent_window - 1)) << m) - 1
-        bits = chunk.float().view(torch.int32)
+        bits = (chunk if chunk.dtype == torch.float32 else chunk.float()).view(torch.int32)
         # finite values at or below the window's top: the magnitude index is in [0, half), no non-finite bin
         idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m).sub_(low_key).clamp_(min=0)
         idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half))
@@ -411,6 +421,7 @@ class StreamingHistogram:
         self._top = new_top
         self._min = torch.minimum(self._min, other._min.to(dev))
         self._max = torch.maximum(self._max, other._max.to(dev))
+        self._host = None
         self._nonfinite = self._nonfinite + other._nonfinite.to(dev)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -445,6 +456,7 @@ class StreamingHistogram:
         obs._top = state["top"].to(torch.int32).reshape(()).clone()
         obs._min = state["min"].to(torch.float32).reshape(()).clone()
         obs._max = state["max"].to(torch.float32).reshape(()).clone()
+        obs._host = None
         obs._nonfinite = state["nonfinite"].to(torch.int64).reshape(()).clone()
         obs._device = obs._counts.device
         if device is not None:
