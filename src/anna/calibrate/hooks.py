@@ -148,11 +148,12 @@ def attention_probabilities(
     rows = max(1, MAX_SCORE_ELEMENTS // max(1, b * h * key.shape[-2]))
     kt = key.transpose(-1, -2)
     for start in range(0, n_q, rows):
-        scores = torch.matmul(query[:, :, start : start + rows], kt) * scale
+        scores = torch.matmul(query if rows >= n_q else query[:, :, start : start + rows], kt) * scale
         if mask is not None:
             m = mask if mask.shape[-2] == 1 else mask[..., start : start + rows, :]
             scores = scores + m
-        collect(F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype))
+        p = F.softmax(scores, dim=-1, dtype=torch.float32)
+        collect(p if p.dtype == query.dtype else p.to(query.dtype))
 
 
 def _call_arg(args: tuple, kwargs: dict[str, Any], index: int, name: str) -> Any:

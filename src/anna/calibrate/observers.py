@@ -89,30 +89,34 @@ class UnitObservers:
         """
         key = (unit, activation)
         hist = self.hists[key]
-        seen, order, staged, key_bytes = self._seen, self.order, self._staged, self._key_bytes
+        order, staged, key_bytes, direct_bytes = self.order, self._staged, self._key_bytes, self.direct_bytes
+        seen = self._seen
 
         def collect(x: Tensor, repeat: bool = False) -> None:
             if key not in seen:
                 seen.add(key)
                 order.append(key)
-            size = x.numel() * x.element_size()
-            if size >= self.direct_bytes:
+            size = x.nbytes
+            if size >= direct_bytes:
                 hist.collect(x)
                 return
-            flat = (x.detach() if x.requires_grad else x).reshape(-1)  # staged flat: binned without a reshape
+            contiguous = x.is_contiguous()
+            src = x.detach() if x.requires_grad else x
+            flat = src.view(-1) if contiguous else src.reshape(-1)
             chunks = staged.get(key)
             if chunks is not None:
-                last = chunks[-1][1]
-                if repeat and last.shape == flat.shape and last.dtype == flat.dtype and torch.equal(last, flat):
-                    chunks[-1][2] += 1
+                last = chunks[-1]
+                same = repeat and last[1].shape == flat.shape and last[1].dtype == flat.dtype
+                if same and torch.equal(last[1], flat):
+                    last[2] += 1
                     return
-                if key_bytes[key] + size > self.direct_bytes:
+                if key_bytes[key] + size > direct_bytes:
                     self._bin(key)
                     chunks = None
             if chunks is None:
                 chunks = staged[key] = []
                 key_bytes[key] = 0
-            if not owned and x.is_contiguous():  # else reshape made a copy already
+            if contiguous and not owned:  # else the caller handed it over, or reshape made a copy already
                 flat = flat.clone()
             chunks.append([self.item, flat, 1])
             key_bytes[key] += size
