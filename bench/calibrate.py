@@ -1,8 +1,9 @@
 """Benchmark: `calibrate` against plain `generate` on the same model, prompts and settings, in one run.
 
 Each measurement runs in a fresh subprocess (so peak RSS, from ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, is the
-process's own): the child imports anna, loads the model, warms the pipeline up on one prompt (both kinds alike), then
-times either ``generate_images`` or ``calibrate`` (UNet, checkpointing and artifact writes included). The children
+process's own): the child imports anna (both entry points, outside the timing), loads the model, warms the pipeline
+up on one prompt (both kinds alike), then times either ``generate_images`` or ``calibrate`` (UNet, checkpointing and
+artifact writes included). The children
 alternate ``--repeats`` times; the medians are compared. Targets: calibrate time <= 1.5x generate, and peak RSS <=
 1.2x generate's plus the histogram state. The last line printed is a JSON object with every figure.
 
@@ -36,6 +37,7 @@ def child(
     from dataclasses import replace
 
     from anna.adapters import load_model
+    from anna.calibrate import calibrate, load_run
     from anna.generate import generate_images
     from anna.prompts import load_prompts
 
@@ -49,12 +51,11 @@ def child(
     if kind == "generate":
         generate_images(model, prompts, settings, seed=0, progress=False)
     else:
-        from anna.calibrate import calibrate, load_run
-
         calibrate(model, run_dir, prompts=prompts, settings=settings, seed=0, progress=False, buffer_mb=buffer_mb)
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    if kind == "calibrate":
         summary = load_run(run_dir)["summary"]
         extra = {k: summary[k] for k in ("histogram_bytes", "cached_bytes", "units", "observed")}
-    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         extra["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()

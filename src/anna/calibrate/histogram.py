@@ -138,6 +138,7 @@ def _raise_if_nonfinite(x: Tensor) -> None:
 _NATIVE_16 = (torch.float16, torch.bfloat16)
 _PATTERNS: dict[tuple[torch.dtype, torch.device, int, int], tuple[Tensor, Tensor]] = {}
 _ARANGES: dict[tuple[torch.device, int], Tensor] = {}
+_EMPTY: dict[tuple[torch.device, int], tuple[Tensor, ...]] = {}  # the empty state per (device, bins per sign)
 
 
 def _arange(n: int, device: torch.device) -> Tensor:
@@ -261,13 +262,22 @@ class StreamingHistogram:
     # -- state -----------------------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget everything collected (keeps the device)."""
-        dev = self._device
-        self._counts = torch.zeros(2, self._half, dtype=torch.int64, device=dev)  # [positive, negative] x magnitude
-        self._top = torch.zeros((), dtype=torch.int32, device=dev)  # biased float32 exponent of the window's top
-        self._min = torch.full((), _INF, dtype=torch.float32, device=dev)
-        self._max = torch.full((), -_INF, dtype=torch.float32, device=dev)
-        self._nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
+        """Forget everything collected (keeps the device).
+
+        The state tensors are never changed in place (every update makes new ones), so the empty state is a set of
+        shared constants: many observers start at no cost.
+        """
+        key = (self._device, self._half)
+        if key not in _EMPTY:
+            dev = self._device
+            _EMPTY[key] = (
+                torch.zeros(2, self._half, dtype=torch.int64, device=dev),  # [positive, negative] x magnitude
+                torch.zeros((), dtype=torch.int32, device=dev),  # biased float32 exponent of the window's top
+                torch.full((), _INF, dtype=torch.float32, device=dev),
+                torch.full((), -_INF, dtype=torch.float32, device=dev),
+                torch.zeros((), dtype=torch.int64, device=dev),
+            )
+        self._counts, self._top, self._min, self._max, self._nonfinite = _EMPTY[key]
         self._host: tuple[float, float, int] | None = None  # (min, max, top) read back, for the CPU small path
 
     def _state(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
