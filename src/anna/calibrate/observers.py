@@ -51,10 +51,12 @@ class UnitObservers:
     """Histograms for every activation of every unit, in the units' kinds' `ACTIVATIONS` order.
 
     A histogram update has a fixed cost that dominates for small tensors, so tensors under `direct_bytes` are
-    staged (copied) per activation and binned together: an activation's stage is binned once it holds
+    staged (copied) per activation and binned together: an activation's stage is binned before it would exceed
     `direct_bytes`; when all stages together reach `buffer_bytes`, the largest are binned until half remains; all
-    are binned before any state is read. The counts are the same as binning each tensor at once (the histogram's
-    re-binning is exact); memory stays within `buffer_bytes`. `buffer_bytes=0` bins every tensor at once.
+    are binned before any state is read. A tensor equal to the activation's last staged one (cross-attention
+    inputs across denoising steps) is counted again rather than staged again, and binned once with that weight.
+    The counts are the same as binning each tensor at once (the histogram's re-binning is exact); memory stays
+    within `buffer_bytes`. `buffer_bytes=0` bins every tensor at once.
     """
 
     def __init__(
