@@ -25,7 +25,7 @@ def _observe(model, prompts, rerun: bool, buffer_bytes: int = 0) -> UnitObserver
     return observers
 
 
-def test_projection_hooks_match_rerun(tiny_model, prompts):
+def test_projection_observers_match_rerun(tiny_model, prompts):
     units = [u for u in select_units(tiny_model.pipeline.unet) if u[1] == "attention"]
     assert units and all(_observes_by_projections(m) for _, _, m in units)
     fast, ref = _observe(tiny_model, prompts, False), _observe(tiny_model, prompts, True)

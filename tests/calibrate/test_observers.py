@@ -103,3 +103,9 @@ def test_observe_chains_onto_an_instance_forward_and_restores_it() -> None:
     assert patched.forward is offload_forward and "forward" not in plain.__dict__
     assert obs.hists[("patched", "input")].count == obs.hists[("plain", "input")].count == x.numel()
     assert obs.hists[("plain", "input")].compute().max == float((x * 2).max())
+
+
+def test_no_units_round_trip() -> None:
+    obs = UnitObservers([])
+    state = obs.state_dict()
+    assert set(state) == {"hist/keys"} and histograms_from_state(state) == {} and obs.compute(state) == {}

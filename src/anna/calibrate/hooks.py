@@ -131,7 +131,7 @@ def _attention_hook(module: nn.Module, tap: Tap) -> Callable[..., None]:
 
 
 def _observes_by_projections(module: nn.Module) -> bool:
-    """Whether `module` is a diffusers attention whose processor the projection hooks reproduce."""
+    """Whether `module` is a diffusers attention whose processor the projection observers reproduce."""
     if not (hasattr(module, "set_processor") and hasattr(module, "to_q") and hasattr(module, "to_out")):
         return False
     if getattr(module, "add_k_proj", None) is not None or getattr(module, "add_v_proj", None) is not None:
@@ -160,7 +160,7 @@ def _call_arg(args: tuple, kwargs: dict[str, Any], index: int, name: str) -> Any
     return args[index] if len(args) > index else kwargs.get(name)
 
 
-def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) -> list[_Wrapper]:
+def _projection_observers(module: nn.Module, observers: UnitObservers, unit: str) -> list[_Wrapper]:
     """Wrappers observing a standard diffusers attention unit through its projections (see the module docstring)."""
     # The standard processors never change the projections' outputs, or to_out's input, in place, and p is computed
     # here for observation only: those are staged without a copy. The unit's input and context are the caller's.
@@ -170,11 +170,11 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
     last_context: list[weakref.ref | None] = [None]
     same_context = [False]
 
-    def query(args: tuple, kwargs: dict[str, Any], output: Tensor) -> None:
+    def on_query(args: tuple, kwargs: dict[str, Any], output: Tensor) -> None:
         col["input"](_first_arg(args, kwargs))
         held["q"] = output
 
-    def key(args: tuple, kwargs: dict[str, Any], output: Tensor) -> None:
+    def on_key(args: tuple, kwargs: dict[str, Any], output: Tensor) -> None:
         # the same context tensor as in the previous call (text embeddings across denoising steps): context, k and
         # v likely repeat; the collectors check that exactly before counting a staged copy again
         x = _first_arg(args, kwargs)
@@ -183,10 +183,10 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
         col["context"](x, same_context[0])
         held["k"] = output
 
-    def value(args: tuple, kwargs: dict[str, Any], output: Tensor) -> None:
+    def on_value(args: tuple, kwargs: dict[str, Any], output: Tensor) -> None:
         held["v"] = output
 
-    def done(args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+    def on_unit(args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         query, key, value = held.pop("q"), held.pop("k"), held.pop("v")
         attn = module
         hidden = _call_arg(args, kwargs, 0, "hidden_states")
@@ -205,11 +205,11 @@ def _projection_hooks(module: nn.Module, observers: UnitObservers, unit: str) ->
         attention_probabilities(q, k, attention_scale(attn, head_dim), mask, col["p"])
 
     return [
-        _observe_call(module.to_q, query),
-        _observe_call(module.to_k, key),
-        _observe_call(module.to_v, value),
+        _observe_call(module.to_q, on_query),
+        _observe_call(module.to_k, on_key),
+        _observe_call(module.to_v, on_value),
         _observe_input(module.to_out[0], col["out_in"]),
-        _observe_call(module, done),
+        _observe_call(module, on_unit),
     ]
 
 
@@ -219,14 +219,14 @@ def observe(
 ) -> Iterator[None]:
     """Install the observers on `units` ((name, kind, module) triples) for the duration of the block.
 
-    `rerun_attention` forces the tapped re-run for every attention unit (the reference the projection hooks match).
+    `rerun_attention` forces the tapped re-run for every attention unit (the reference the projection observers match).
     """
     installed: list[Any] = []  # wrappers and torch hook handles: both have remove()
     try:
         for name, kind, module in units:
             if kind == "attention":
                 if not rerun_attention and _observes_by_projections(module):
-                    installed.extend(_projection_hooks(module, observers, name))
+                    installed.extend(_projection_observers(module, observers, name))
                 else:
                     hook = _attention_hook(module, observing_tap(observers, name))
                     installed.append(module.register_forward_hook(hook, with_kwargs=True))

@@ -207,8 +207,10 @@ class UnitObservers:
         `state_dict()`, where the caller has it already (saves stacking the histograms again)."""
         if state is None:
             state = self.state_dict()
-        rows = stats_from_state({k[len(HIST) + 1 :]: v for k, v in state.items() if k.startswith(HIST + "/")})
         out: dict[str, dict[str, ActStats | None]] = {name: {} for name in self.kinds}
+        if not self.hists:
+            return out
+        rows = stats_from_state(_stacked_fields(state))
         for (unit, act), stats in zip(self.hists, rows, strict=True):
             out[unit][act] = stats
         return out
@@ -230,7 +232,8 @@ class UnitObservers:
         names as a JSON list of [unit, activation] pairs in the uint8 tensor `hist/keys`."""
         self.flush()
         keys = json.dumps([list(k) for k in self.hists]).encode()
-        state = {f"{HIST}/{field}": t for field, t in stack_states(list(self.hists.values())).items()}
+        stacked = stack_states(list(self.hists.values())) if self.hists else {}
+        state = {f"{HIST}/{field}": t for field, t in stacked.items()}
         state[f"{HIST}/keys"] = torch.frombuffer(bytearray(keys), dtype=torch.uint8)
         return state
 
@@ -272,13 +275,18 @@ def weight_absmax(units: Sequence[tuple[str, nn.Module]]) -> dict[str, Tensor]:
     return out
 
 
+def _stacked_fields(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The `stack_states` fields of a `UnitObservers.state_dict` (`hist/FIELD`, without the key list)."""
+    return {k[len(HIST) + 1 :]: v for k, v in state.items() if k.startswith(HIST + "/") and k != f"{HIST}/keys"}
+
+
 def histograms_from_state(state: Mapping[str, Tensor]) -> dict[str, dict[str, StreamingHistogram]]:
     """unit -> activation -> histogram, from a `UnitObservers.state_dict` (e.g. stats.safetensors)."""
     if f"{HIST}/keys" not in state:
         raise AnnaError("calibration state has no histogram keys (hist/keys)")
     try:
         keys = json.loads(state[f"{HIST}/keys"].numpy().tobytes())
-        hists = unstack_states({k[len(HIST) + 1 :]: v for k, v in state.items() if k.startswith(HIST + "/")})
+        hists = unstack_states(_stacked_fields(state)) if keys else []
     except (ValueError, UnicodeDecodeError) as e:
         raise AnnaError(f"calibration histogram state is damaged: {e}") from None
     if len(keys) != len(hists):
