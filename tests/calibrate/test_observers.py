@@ -109,3 +109,19 @@ def test_no_units_round_trip() -> None:
     obs = UnitObservers([])
     state = obs.state_dict()
     assert set(state) == {"hist/keys"} and histograms_from_state(state) == {} and obs.compute(state) == {}
+
+
+def test_no_repeat_check_where_reads_cost_a_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On accelerators the exact equality check would sync the host: hinted tensors are staged like any other."""
+    import anna.calibrate.observers as observers_mod
+
+    monkeypatch.setattr(observers_mod, "_reads_are_free", lambda t: False)
+    monkeypatch.setattr(torch, "equal", lambda a, b: pytest.fail("torch.equal called"))
+    obs = UnitObservers([("u", "linear")], buffer_bytes=1 << 20)
+    collect = obs.collector("u", "input")
+    x = torch.randn(64)
+    for _ in range(3):
+        collect(x, True)
+    assert [c[2] for c in obs._staged[("u", "input")]] == [1, 1, 1]
+    obs.flush()
+    assert obs.hists[("u", "input")].count == 3 * 64

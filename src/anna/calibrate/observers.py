@@ -87,7 +87,8 @@ class UnitObservers:
         `owned`: the caller hands the tensors over (nothing else holds or changes them), so they are staged without
         a copy. `repeat`: a hint that `x` likely holds the values of this activation's previous tensor (say, a
         cross-attention key computed from unchanged text embeddings); when it equals the staged copy exactly, that
-        copy is counted once more instead of staging `x` (same statistics, no copy and no second binning).
+        copy is counted once more instead of staging `x` (same statistics, no copy and no second binning). The
+        check is made on the CPU only: on accelerators it would cost a host sync, and binning there is cheap.
         """
         key = (unit, activation)
         hist = self.hists[key]
@@ -108,8 +109,9 @@ class UnitObservers:
             chunks = staged.get(key)
             if chunks is not None:
                 last = chunks[-1]
+                # the exact check reads the result on the host: only where that is free (no device sync)
                 same = repeat and last[1].shape == flat.shape and last[1].dtype == flat.dtype
-                if same and torch.equal(last[1], flat):
+                if same and _reads_are_free(flat) and torch.equal(last[1], flat):
                     last[2] += 1
                     return
                 if key_bytes[key] + size > direct_bytes:
