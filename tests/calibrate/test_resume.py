@@ -121,3 +121,40 @@ def test_unfinished_run_with_other_settings_starts_over(unet_run, tmp_path):
     calibrate(model, tmp_path, seed=1, log=messages.append, **kwargs)
     assert any("different settings" in m and "starting over" in m for m in messages), messages
     assert load_run(tmp_path)["seed"] == 1 and load_run(tmp_path)["summary"]["resumed_from"] == 0
+
+
+def test_checkpoint_that_cannot_be_restored_starts_over(unet_run, tmp_path):
+    """A progress file of this run whose histogram state is unusable (say, from another anna version's layout) is
+    reported and replaced, and the run ends with the statistics of an uninterrupted one."""
+    from safetensors import safe_open
+
+    from anna.artifacts import write_tensors
+
+    model = unet_run.model
+    kwargs = dict(prompts=unet_run.prompts[:2], settings=SETTINGS, seed=0, progress=False, checkpoint_seconds=0)
+    calls = [0]
+
+    def in_second_prompt(module, args):
+        calls[0] += 1
+        if calls[0] > SETTINGS.steps:
+            raise Interrupt
+
+    handle = model.pipeline.unet.register_forward_pre_hook(in_second_prompt)
+    try:
+        with pytest.raises(Interrupt):
+            calibrate(model, tmp_path, **kwargs)
+    finally:
+        handle.remove()
+    progress = tmp_path / "calibration" / "progress.safetensors"
+    with safe_open(str(progress), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    del tensors["hist/keys"]  # the per-histogram layout of earlier versions had no key list
+    write_tensors(progress, tensors, metadata=meta)
+    messages: list[str] = []
+    calibrate(model, tmp_path, log=messages.append, **kwargs)
+    assert any("cannot be restored" in m and "hist/keys" in m for m in messages), messages
+    assert load_run(tmp_path)["summary"]["resumed_from"] == 0 and not progress.exists()
+    whole = tmp_path / "whole"
+    calibrate(model, whole, **kwargs)
+    assert _artifacts(tmp_path)[0]["units"] == _artifacts(whole)[0]["units"]

@@ -132,12 +132,18 @@ def calibrate(
     saved, why = load_progress(ckpt_path, run_id)
     start, elapsed_before = 0, 0.0
     if saved is not None:
-        observers.load_state_dict(
-            {k: v for k, v in saved.tensors.items() if k.startswith(HIST + "/")}, **saved.meta["observers"]
-        )
-        cache_tensors = {k[len(CACHE_PREFIX) :]: v for k, v in saved.tensors.items() if k.startswith(CACHE_PREFIX)}
-        cache = InputCache.from_json(saved.meta["cache"], cache_tensors)
-        start, elapsed_before = saved.finished, float(saved.meta["elapsed"])
+        try:
+            observers.load_state_dict(
+                {k: v for k, v in saved.tensors.items() if k.startswith(HIST + "/")}, **saved.meta["observers"]
+            )
+            cache_tensors = {k[len(CACHE_PREFIX) :]: v for k, v in saved.tensors.items() if k.startswith(CACHE_PREFIX)}
+            cache = InputCache.from_json(saved.meta["cache"], cache_tensors)
+            start, elapsed_before = saved.finished, float(saved.meta["elapsed"])
+        except (AnnaError, KeyError, TypeError, ValueError) as e:  # e.g. written by another anna version
+            observers.reset()
+            cache = InputCache(plan, None if cache_mb is None else int(cache_mb * MB))
+            saved, why = None, f"the progress checkpoint cannot be restored ({e}); starting over"
+    if saved is not None:
         say(
             f"resuming calibration at {driver.tick_unit if driver.kind == 'batches' else 'prompt'} {start + 1} "
             f"of {driver.n_items}"
