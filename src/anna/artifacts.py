@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,26 @@ from anna.errors import AnnaError
 FORMAT_VERSION = 1
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file (fd, name) in `path`'s folder, for a write that ends with `os.replace` onto `path`.
+
+    It gets the permissions a plain `open` would give (the umask applies), unlike `tempfile.mkstemp`'s 0600, so the
+    artifact is as readable as any other file its user writes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def write_json(path: str | Path, obj: dict[str, Any]) -> Path:
     """Write `obj` (with `format_version` added when missing) atomically as indented JSON."""
     path = Path(path)
     obj = {"format_version": FORMAT_VERSION, **obj}
-    fd, tmp = _atomic_target(path)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=False, allow_nan=True)
@@ -57,10 +67,12 @@ def read_json(path: str | Path, what: str = "artifact") -> dict[str, Any]:
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Save tensors to safetensors atomically (contiguous CPU copies)."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
+    fd, tmp = temp_file_beside(path)
+    mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors recreates the file as 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from anna.adapters.base import GenerationSettings, Model
+from anna.artifacts import temp_file_beside
 
 
 def generate_images(
@@ -39,8 +39,7 @@ def generate_images(
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """Atomic PNG write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         image.save(tmp, format="PNG")
