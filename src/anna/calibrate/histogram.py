@@ -682,7 +682,8 @@ class PerChannelAbsMax:
             _raise_if_nonfinite(w)
         per = None
         if not _sync_free(w.device) and w[0].numel():  # CPU: one pass; NaN/Inf show in the result, then mask
-            per = w.reshape(w.shape[0], -1).abs().amax(dim=1).float()
+            src = w if w.dtype in (torch.float32, torch.float64, *_NATIVE_16) else w.float()
+            per = src.reshape(w.shape[0], -1).abs().amax(dim=1).float()
             if not bool(torch.isfinite(per).all()):
                 per = None
         if per is None:
