@@ -99,6 +99,18 @@ def make_run(run: Path) -> None:
                     for b in (0.5, 0.6)]}})
     write_json(run / "analysis" / "validation.json", {"spearman": 0.9, "r2": 0.8, "points": [
         {"predicted": p["predicted_mse"], "measured": p["measured_mse"], "size_ratio": p["size_ratio"]} for p in pts]})
+    def act(absmax: float, p1: float, p99: float) -> dict:
+        return {"min": -absmax, "max": absmax, "absmax": absmax,
+                "percentiles": {"1": p1, "5": p1 / 2, "10": p1 / 4, "90": p99 / 4, "95": p99 / 2, "99": p99}}
+
+    units = {"conv_in": {"kind": "conv", "input": act(4.0, -2.0, 2.0)},
+             "down.0": {"kind": "linear", "input": act(300.0, -1.0, 3.0)},
+             "mid.attn1": {"kind": "attention", "input": act(8.0, -0.5, 1.0), "p": act(1.0, 0.0, 0.5)},
+             "up.0": {"kind": "conv", "input": None}}
+    write_json(run / "calibration" / "stats.json", {"model": "tiny-sdxl", "component": "unet", "nonfinite": [],
+                                                   "units": units})
+    write_json(run / "run.json", {"model": "tiny-sdxl", "prompts": PROMPTS, "settings": {"steps": 4},
+                                  "summary": {"seconds": 1.25}})
     write_json(run / "selected.json", {"checkpoint": "/ck/size-0.60", "name": "size-0.60", "size_ratio": 0.6,
                                        "component": "unet", "reason": "smallest that passes",
                                        "thresholds": {"max_mse": 40.0},
@@ -122,22 +134,26 @@ def test_report_has_metrics_table_plots_and_grids(tmp_path):
     assert by[("size-0.60", "2")][5] == "n/a" and by[("size-0.60", "1")][6] == "16.67"  # null FID; MSE
     assert [r[1] for r in doc.tables["unit-table"][1:]] == ["fp16", "fp8-moderate", "fp16"]
     alts = [alt for alt, _ in doc.images]
-    assert alts[:2] == ["Pareto front", "predicted vs measured MSE"] and alts[2:] == PROMPTS
+    assert alts[:3] == ["Pareto front", "predicted vs measured MSE", "activation ranges"] and alts[3:] == PROMPTS
+    # the units without input statistics are left out; the largest absmax / p99 first
+    assert [(r[0], r[1], r[4]) for r in doc.tables["calibration-table"][1:]] == [
+        ("down.0", "linear", "100"), ("mid.attn1", "attention", "8"), ("conv_in", "conv", "2")]
+    assert "3 units of unet calibrated on 3 prompts × 4 steps in 1.2 s" in path.read_text()
     for _, src in doc.images:
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not doc.na  # everything was there
     assert "FID needs torch-fidelity" in path.read_text() and "a red bus &lt;b&gt;" in path.read_text()
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
-        "grid-0000.png", "grid-0001.png", "grid-0002.png", "pareto.png", "validation.png"]
+        "activation-ranges.png", "grid-0000.png", "grid-0001.png", "grid-0002.png", "pareto.png", "validation.png"]
 
 
 def test_report_marks_missing_pieces(tmp_path, capsys):
     main(["report", "--run", str(tmp_path)])
     assert "report.html" in capsys.readouterr().out
     doc = parse(tmp_path / "report.html")
-    assert len(doc.na) >= 5 and not doc.images
+    assert len(doc.na) >= 6 and not doc.images
     text = " ".join(doc.na)
-    for what in ("selected.json", "front.json", "validation.json", "metrics.json", "image grids"):
+    for what in ("selected.json", "front.json", "validation.json", "metrics.json", "image grids", "stats.json"):
         assert what in text
 
     # plans alone: the predicted points are plotted, the rest noted
@@ -146,3 +162,15 @@ def test_report_marks_missing_pieces(tmp_path, capsys):
     doc = parse(build_report(tmp_path))
     assert [alt for alt, _ in doc.images] == ["Pareto front"]
     assert any("showing the plans' predicted MSE" in n for n in doc.na)
+
+
+def test_report_lists_nonfinite_activations(tmp_path):
+    act = {"min": -1.0, "max": 2.0, "absmax": 2.0, "percentiles": {k: 0.5 for k in ("1", "5", "10", "90", "95", "99")}}
+    nonfinite = [{"unit": "mid.attn1", "activation": "p", "count": 12, "first_item": 3}]
+    units = {"mid.attn1": {"kind": "attention", "input": act}}
+    write_json(tmp_path / "calibration" / "stats.json", {"component": "unet", "nonfinite": nonfinite, "units": units})
+    doc = parse(build_report(tmp_path))
+    assert "activation ranges" in [alt for alt, _ in doc.images]
+    assert "non-finite activations, excluded from the statistics:" in doc.na
+    assert "<code>mid.attn1</code> (p): 12 values, first in item 3" in (tmp_path / "report.html").read_text()
+    assert [r[4] for r in doc.tables["calibration-table"][1:]] == ["4"]

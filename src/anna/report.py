@@ -6,7 +6,8 @@ It reads what the stages left in the run folder and says "not available" for wha
   without it, the predicted points of `plans/*.json`;
 - `analysis/validation.json`: `{"spearman", "r2", "points": [{"predicted", "measured", "size_ratio"}]}`;
 - `eval/metrics.json` (or `metrics.json`): the output of `anna evaluate`, with its images beside it;
-- `selected.json` (or `eval/selected.json`): the output of `anna select`.
+- `selected.json` (or `eval/selected.json`): the output of `anna select`;
+- `calibration/stats.json` and `run.json`: the per-unit input ranges and how they were calibrated.
 """
 
 from __future__ import annotations
@@ -329,6 +330,71 @@ def _plan_section(selected: Mapping[str, Any] | None) -> str:
     return "".join(parts)
 
 
+def activation_ranges(stats: Mapping[str, Any]) -> list[tuple[str, str, float, float, float]]:
+    """(unit, kind, absmax, p99 magnitude, p90 magnitude) of every unit's input, in the order of stats.json; the
+    magnitudes are max(|p1|, |p99|) and max(|p10|, |p90|). Units without input statistics are left out."""
+    out = []
+    for name, entry in (stats.get("units") or {}).items():
+        act = entry.get("input") if isinstance(entry, Mapping) else None
+        pct = (act or {}).get("percentiles") or {}
+        vals = [_num(v) for v in ((act or {}).get("absmax"), pct.get("1"), pct.get("99"), pct.get("10"), pct.get("90"))]
+        if any(v is None for v in vals):
+            continue
+        absmax, p1, p99, p10, p90 = vals
+        out.append((name, str(entry.get("kind", "")), absmax, max(abs(p1), abs(p99)), max(abs(p10), abs(p90))))
+    return out
+
+
+def plot_activation_ranges(ranges: Sequence[tuple[str, str, float, float, float]], path: Path) -> Path:
+    """Per unit (x, in model order), on a log scale: the input's absmax and its p99 and p90 magnitudes."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=110)
+    x = list(range(len(ranges)))
+    floor = min([v for r in ranges for v in r[2:] if v > 0] or [1.0]) / 2  # zeros drawn at the floor of the axis
+    for i, (label, color, marker) in enumerate(
+        (("absmax", "#d62728", "o"), ("p1/p99 magnitude", "#1f77b4", "s"), ("p10/p90 magnitude", "#9ecae1", "."))
+    ):
+        ax.scatter(x, [max(r[2 + i], floor) for r in ranges], s=14, color=color, marker=marker, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("unit (model order)")
+    ax.set_ylabel("|input activation|")
+    ax.set_title("Calibrated input ranges per unit")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _calibration_section(
+    stats: Mapping[str, Any] | None, record: Mapping[str, Any] | None, assets: Path, top: int = 8
+) -> str:
+    ranges = activation_ranges(stats or {})
+    if not stats or not ranges:
+        return _na("calibration/stats.json (run anna calibrate)")
+    record = record or {}
+    summary, settings = record.get("summary") or {}, record.get("settings") or {}
+    where = f"{len(record.get('prompts') or [])} prompts × {settings.get('steps')} steps" if settings else "its data"
+    parts = [f'<p class="meta">{len(ranges)} units of {_e(stats.get("component") or "the model")} calibrated on '
+             f"{_e(where)} in {_fmt(summary.get('seconds'), '.1f')} s. The ratio absmax / p99 shows the outliers "
+             "that a percentile clipping cuts off.</p>"]
+    path = plot_activation_ranges(ranges, assets / "activation-ranges.png")
+    parts.append(f"<figure>{_img(path, 'activation ranges')}</figure>")
+    worst = sorted(ranges, key=lambda r: r[2] / r[3] if r[3] > 0 else math.inf, reverse=True)[:top]
+    rows = "".join(f"<tr><td><code>{_e(n)}</code></td><td>{_e(k)}</td><td>{a:.4g}</td><td>{q:.4g}</td>"
+                   f"<td>{(a / q if q > 0 else math.inf):.3g}</td></tr>" for n, k, a, q, _ in worst)
+    parts.append(f'<h3>Largest outliers</h3><table id="calibration-table"><tr><th>unit</th><th>kind</th>'
+                 f"<th>absmax</th><th>p99 magnitude</th><th>absmax / p99</th></tr>{rows}</table>")
+    nonfinite = stats.get("nonfinite") or []
+    if nonfinite:
+        items = "".join(f"<li><code>{_e(n.get('unit'))}</code> ({_e(n.get('activation'))}): {_e(n.get('count'))} "
+                        f"values, first in item {_e(n.get('first_item'))}</li>" for n in nonfinite)
+        parts.append(f'<p class="na">non-finite activations, excluded from the statistics:</p><ul>{items}</ul>')
+    return "".join(parts)
+
+
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;color:#222}
 h1{font-size:24px;margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -358,6 +424,8 @@ def build_report(run_dir: str | Path, *, max_grids: int = 12, out: str | Path | 
     sel_path = _first(run, ("selected.json", "eval/selected.json"))
     selected = _read_optional(sel_path, "selection", notes) if sel_path else None
     eval_dir = metrics_path.parent if metrics_path else None
+    stats = _read_optional(run / "calibration" / "stats.json", "calibration statistics", notes)
+    record = _read_optional(run / "run.json", "run record", notes)
 
     model = (metrics or {}).get("model") or (plans[0].get("model") if plans else None) or "unknown model"
     body = [f"<h1>anna report — {_e(model)}</h1>",
@@ -417,6 +485,9 @@ def build_report(run_dir: str | Path, *, max_grids: int = 12, out: str | Path | 
 
     body.append('<h2 id="plan">Selected plan</h2>')
     body.append(_plan_section(selected))
+
+    body.append('<h2 id="calibration">Calibration</h2>')
+    body.append(_calibration_section(stats, record, assets))
 
     body.append('<h2 id="grids">Images</h2>')
     body.append(_grids(metrics, selected, eval_dir, assets, max_grids))
