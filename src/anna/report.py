@@ -75,6 +75,15 @@ def _plt():
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _xy(points: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
     pts = sorted(
         ((_num(p.get("size_ratio")), _num(p.get(key))) for p in points),
@@ -131,11 +140,7 @@ def plot_pareto(
     ax.set_title("Pareto front: size vs MSE")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best", ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _spearman_r2(pred: Sequence[float], meas: Sequence[float]) -> tuple[float | None, float | None]:
@@ -206,11 +211,7 @@ def plot_validation(
     ax.set_ylabel("measured MSE")
     ax.set_title(f"Spearman ρ = {_fmt(rho, '.3f')}, R² = {_fmt(r2, '.3f')}")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _thumb(path: Path, size: int):
@@ -361,11 +362,7 @@ def plot_activation_ranges(ranges: Sequence[tuple[str, str, float, float, float]
     ax.set_title("Calibrated input ranges per unit")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _calibration_section(

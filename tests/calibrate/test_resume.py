@@ -100,9 +100,8 @@ def test_other_settings_start_over(unet_run, tmp_path):
     assert len(json.loads((run_dir / "calibration" / "inputs.json").read_text())["samples"]) == 2
 
 
-def test_unfinished_run_with_other_settings_starts_over(unet_run, tmp_path):
-    model = unet_run.model
-    kwargs = dict(prompts=unet_run.prompts[:2], settings=SETTINGS, progress=False, checkpoint_seconds=0)
+def _interrupt_in_second_prompt(model, run_dir, **kwargs) -> None:
+    """Calibrate into `run_dir` and stop it in the second prompt (the first is checkpointed)."""
     calls = [0]
 
     def in_second_prompt(module, args):
@@ -113,9 +112,15 @@ def test_unfinished_run_with_other_settings_starts_over(unet_run, tmp_path):
     handle = model.pipeline.unet.register_forward_pre_hook(in_second_prompt)
     try:
         with pytest.raises(Interrupt):
-            calibrate(model, tmp_path, seed=0, **kwargs)
+            calibrate(model, run_dir, **kwargs)
     finally:
         handle.remove()
+
+
+def test_unfinished_run_with_other_settings_starts_over(unet_run, tmp_path):
+    model = unet_run.model
+    kwargs = dict(prompts=unet_run.prompts[:2], settings=SETTINGS, progress=False, checkpoint_seconds=0)
+    _interrupt_in_second_prompt(model, tmp_path, seed=0, **kwargs)
     assert (tmp_path / "calibration" / "progress.safetensors").is_file()
     messages: list[str] = []
     calibrate(model, tmp_path, seed=1, log=messages.append, **kwargs)
@@ -132,19 +137,7 @@ def test_checkpoint_that_cannot_be_restored_starts_over(unet_run, tmp_path):
 
     model = unet_run.model
     kwargs = dict(prompts=unet_run.prompts[:2], settings=SETTINGS, seed=0, progress=False, checkpoint_seconds=0)
-    calls = [0]
-
-    def in_second_prompt(module, args):
-        calls[0] += 1
-        if calls[0] > SETTINGS.steps:
-            raise Interrupt
-
-    handle = model.pipeline.unet.register_forward_pre_hook(in_second_prompt)
-    try:
-        with pytest.raises(Interrupt):
-            calibrate(model, tmp_path, **kwargs)
-    finally:
-        handle.remove()
+    _interrupt_in_second_prompt(model, tmp_path, **kwargs)
     progress = tmp_path / "calibration" / "progress.safetensors"
     with safe_open(str(progress), framework="pt") as f:
         meta = f.metadata()
