@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from anna.adapters.base import Model
 from anna.artifacts import FORMAT_VERSION, read_json, read_tensors, write_json, write_tensors
 from anna.errors import AnnaError
-from anna.inventory import build_inventory, unit_modules
+from anna.inventory import build_inventory
 from anna.options.apply import apply
-from anna.options.registry import FP16, quant_option
+from anna.options.handle import QuantHandle
+from anna.options.registry import FP16
 from anna.options.wrappers import unit_option, unit_state
 from anna.plan import Plan, load_plan, plan_from_json
 
@@ -215,11 +216,14 @@ def read_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, Any], dict[str, Ten
     return obj, tensors
 
 
-def load_checkpoint_into(model: Model, ckpt_dir: str | Path, *, echo: Echo = print) -> Plan:
+def load_checkpoint_into(model: Model, ckpt_dir: str | Path, *, echo: Echo = print,
+                         handle: QuantHandle | None = None) -> Plan:
     """Rebuild the quantized component of ``model`` (a base model, as loaded) from a checkpoint, in place.
 
-    Every tensor of the component comes from the checkpoint; a checkpoint that does not fit the model is an error
-    (raised before the model is modified, except for a tensor of an attention unit that fails its own checks).
+    Every tensor of the component comes from the checkpoint; a checkpoint that does not fit the model is an error,
+    and the model is left as it was. The changes go through ``handle`` when one is given (a reversible
+    ``QuantHandle`` of the component: ``handle.undo()`` restores the base model, so one loaded pipeline serves many
+    checkpoints); otherwise they are made for good.
     """
     obj, tensors = read_checkpoint(ckpt_dir)
     component = obj.get("component") or model.default_component
@@ -231,7 +235,6 @@ def load_checkpoint_into(model: Model, ckpt_dir: str | Path, *, echo: Echo = pri
         raise AnnaError(f"{model.name}/{component} already holds quantized units (e.g. '{already}'): load a "
                         "checkpoint into a fresh base model")
     plan = plan_from_json(obj, build_inventory(model, component), source=f"checkpoint {ckpt_dir}")
-    found = {name: (kind, module) for name, kind, module in unit_modules(comp)}
     quantized = {n: o for n, o in plan.units.items() if o != FP16}
     inside = tuple(f"{n}." for n in quantized)
 
@@ -250,22 +253,23 @@ def load_checkpoint_into(model: Model, ckpt_dir: str | Path, *, echo: Echo = pri
         raise AnnaError(f"checkpoint {ckpt_dir} holds {len(extra)} tensor(s) that {model.name}/{component} does not "
                         f"have, e.g. '{extra[0]}'")
 
-    new_units: dict[str, nn.Module] = {}
-    for name, opt in quantized.items():
-        kind, module = found[name]
-        if kind != "attention":
-            new_units[name] = quant_option(opt).wrap(module, kind, unit_keys[name], where=f"checkpoint unit {name}")
-    for name, opt in quantized.items():
-        kind, module = found[name]
-        if kind == "attention":
-            new_units[name] = quant_option(opt).wrap(module, kind, unit_keys[name], where=f"checkpoint unit {name}")
-    with torch.no_grad():
-        for name, t in rest:
-            t.copy_(tensors[name].to(t.device))
-    for name, new in new_units.items():
-        if new is not found[name][1]:
-            parent, _, leaf = name.rpartition(".")
-            setattr(comp.get_submodule(parent) if parent else comp, leaf, new)
+    own = handle is None
+    if own:
+        handle = QuantHandle(comp)  # reversible while loading, so that a failing unit leaves the model as it was
+    elif handle.component is not comp:
+        raise AnnaError(f"the handle given to load_checkpoint_into is not for {model.name}/{component}")
+    try:
+        # Linear and conv units first: their wrappers are new modules; attention units are rebuilt last.
+        order = sorted(quantized, key=lambda n: handle.unit(n)[0] == "attention")
+        for name in order:
+            handle.load_unit(name, quantized[name], unit_keys[name], where=f"checkpoint unit {name}")
+        handle.set_tensors({name: tensors[name] for name, _ in rest})
+    except BaseException:
+        if own:
+            handle.undo()
+        raise
+    if own:
+        handle.commit()
     if echo is not None:
         n_q = len(quantized)
         echo(f"loaded checkpoint {ckpt_dir}: {model.name}/{component}, {n_q} quantized unit(s), "

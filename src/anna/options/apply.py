@@ -15,6 +15,7 @@ from torch import nn
 from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
 from anna.inventory import unit_bytes, unit_modules
+from anna.options.handle import QuantHandle
 from anna.options.registry import FP16, get_option, quant_option
 from anna.options.wrappers import unit_option
 from anna.plan import Plan
@@ -90,23 +91,21 @@ def _assignment(plan: Plan | Mapping[str, str]) -> dict[str, str]:
     return dict(plan)
 
 
-def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
-
 def apply(
     component: nn.Module,
     plan: Plan | Mapping[str, str],
     stats: Mapping[str, UnitStats],
     *,
     echo: Callable[[str], Any] | None = print,
+    handle: QuantHandle | None = None,
 ) -> ApplySummary:
     """Quantize ``component`` in place as ``plan`` says; ``stats[unit][activation]`` are the calibration statistics.
 
     Units the plan names with ``fp16`` (or does not name) are left untouched. An unknown unit or option, a unit that
     is already quantized, or missing statistics for a unit the plan quantizes is an ``AnnaError``, raised before
     the component is modified. Prints the per-unit summary through ``echo`` (None: silent) and returns it.
+    The swaps go through ``handle`` (a reversible ``QuantHandle`` of ``component`` lets the caller undo them);
+    without one, they are made for good.
     """
     assignment = _assignment(plan)
     found = {name: (kind, module) for name, kind, module in unit_modules(component)}
@@ -146,11 +145,11 @@ def apply(
         ranges = opt.ranges(kind, stats[name], where=name)
         states[name] = opt.quantize(module, kind, stats[name], where=name)
         rows.append(UnitRow(name, kind, opt_name, before, unit_bytes(module, kind, opt.storage), ranges))
+    handle = handle if handle is not None else QuantHandle(component, reversible=False)
+    if handle.component is not component:
+        raise AnnaError("the handle given to apply belongs to another component")
     for name, state in states.items():
-        kind, module = found[name]
-        new = quant_option(assignment[name]).wrap(module, kind, state, where=name)
-        if new is not module:
-            _replace(component, name, new)
+        handle.load_unit(name, assignment[name], state)
     summary = ApplySummary(rows)
     if echo is not None:
         echo(summary.table())
