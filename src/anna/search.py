@@ -49,6 +49,22 @@ def plan_name(ratio: float) -> str:
     return f"size-{ratio:.3f}"
 
 
+def feasible_ratios(analysis: Analysis, ratios: Sequence[float]) -> tuple[list[float], list[float]]:
+    """(feasible, skipped) budgets of a sweep: budgets below the smallest plan of the bag are skipped. A single
+    budget, or a sweep with no feasible budget, that is infeasible is an error naming the smallest plan."""
+    from anna.solve import min_bytes
+
+    em, total = analysis.error_model, analysis.total_bytes_fp16
+    smallest = min_bytes(analysis.sizes, analysis.base_bytes, np.isfinite(em.diag))
+    feasible = [r for r in ratios if int(np.floor(r * total)) >= smallest]
+    skipped = [r for r in ratios if r not in feasible]
+    if skipped and (len(ratios) == 1 or not feasible):
+        what = f"budget {ratios[0]} is" if len(ratios) == 1 else f"every budget of the sweep ({ratios[-1]} at most) is"
+        raise AnnaError(f"{what} infeasible: the smallest plan of this bag is {smallest / total:.4f} of FP16 "
+                        f"({smallest:,} bytes)")
+    return feasible, skipped
+
+
 def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[Any]]:
     """anna's DP and the baselines, each at every ratio (None where infeasible for that method)."""
     from anna.solve import (
@@ -65,12 +81,8 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
     budgets = [int(np.floor(r * total)) for r in ratios]
     # A unit-option whose trial produced NaN/Inf is never chosen (FP16 always is allowed).
     ok = np.isfinite(em.diag)
-    smallest = min_bytes(sizes, base, ok)
-    if budgets[0] < smallest:
-        raise AnnaError(
-            f"budget {ratios[0]} is infeasible: the smallest plan of this bag is {smallest / total:.4f} of FP16 "
-            f"({smallest:,} bytes)"
-        )
+    if budgets[0] < min_bytes(sizes, base, ok):
+        feasible_ratios(analysis, ratios[:1])  # raises, naming the smallest plan
     G = em.gram()
     results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, ok, reference_bytes=total)}
     # Variants of anna's own model for the measured pick: uncorrected (every cross term) and own MSEs only.
@@ -165,7 +177,10 @@ def search(
     run_dir = Path(run_dir)
     analysis = load_analysis(run_dir, corrected)
     em = analysis.error_model
-    ratios = sorted(ratios)
+    ratios, skipped = feasible_ratios(analysis, sorted(ratios))
+    if skipped and echo:
+        echo(f"skipped {len(skipped)} infeasible budget(s) {', '.join(f'{r:g}' for r in skipped)}: below the "
+             f"smallest plan of this bag; searching {', '.join(f'{r:g}' for r in ratios)}")
     results = _solve_all(analysis, ratios)
     if not baselines:
         results = {k: v for k, v in results.items() if k == "anna" or k.startswith("anna:")}
@@ -204,6 +219,7 @@ def search(
         "error_model": {"diag_scale": em.diag_scale, "cross_scale": em.cross_scale},
         "points": [],
         "baselines": {},
+        "skipped": skipped,
     }
     for method, sols in results.items():
         rows = []

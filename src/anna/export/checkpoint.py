@@ -106,6 +106,21 @@ def checkpoint_tensors(component: nn.Module, plan: Plan) -> tuple[dict[str, Tens
     return tensors, rounded
 
 
+def checkpoint_rounding(component: nn.Module, plan: Plan) -> dict[str, Tensor]:
+    """The tensors outside the plan's quantized units that storing them in FP16 changes: name -> the FP16-rounded
+    value, in the tensor's own dtype (empty for a base model that is already FP16-exact)."""
+    inside = tuple(f"{n}." for n, o in plan.units.items() if o != FP16)
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for name, t in list(component.named_parameters()) + list(component.named_buffers()):
+            if name.startswith(inside) or not t.is_floating_point():
+                continue
+            h = t.to(torch.float16).to(t.dtype)
+            if not torch.equal(h, t):
+                out[name] = h
+    return out
+
+
 def round_to_checkpoint_(component: nn.Module, plan: Plan) -> int:
     """Round, in place, every tensor that the checkpoint stores in FP16 (outside the quantized units) to its FP16
     value, keeping its dtype; returns how many tensors changed.
@@ -114,17 +129,9 @@ def round_to_checkpoint_(component: nn.Module, plan: Plan) -> int:
     it leaves the units that a plan keeps in fp16 untouched. For a base model that is already FP16-exact (SDXL's
     published FP16 weights) it changes nothing.
     """
-    inside = tuple(f"{n}." for n, o in plan.units.items() if o != FP16)
-    changed = 0
-    with torch.no_grad():
-        for name, t in list(component.named_parameters()) + list(component.named_buffers()):
-            if name.startswith(inside) or not t.is_floating_point():
-                continue
-            h = t.to(torch.float16).to(t.dtype)
-            if not torch.equal(h, t):
-                t.copy_(h)
-                changed += 1
-    return changed
+    changed = checkpoint_rounding(component, plan)
+    QuantHandle(component, reversible=False).set_tensors(changed)
+    return len(changed)
 
 
 def save_checkpoint(
