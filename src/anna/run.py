@@ -125,13 +125,14 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     for r in ratios:
         out = run_dir / "checkpoints" / plan_name(r)
         if not (out / "plan.json").is_file():
-            export_checkpoint(run_dir, run_dir / "plans" / f"{plan_name(r)}.json", out, echo=lambda _s: None)
+            export_checkpoint(run_dir, run_dir / "plans" / f"{plan_name(r)}.json", out, echo=lambda _s: None,
+                              model=model)
         checkpoints.append(out)
     echo(f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
     stage("evaluate")
     config = EvalConfig(metrics=metrics, steps=steps, fid_weights=cfg.fid_weights,
                         **({"clip_model": cfg.clip_model} if cfg.clip_model else {}))
-    evaluate(cfg.model, checkpoints, test_prompts, run_dir / "eval", config, echo=echo, progress=progress)
+    evaluate(model, checkpoints, test_prompts, run_dir / "eval", config, echo=echo, progress=progress)
     stage("select")
     thresholds = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse)
     try:

@@ -46,6 +46,7 @@ from anna.evaluate.metrics import (
     load_reference_folder,
 )
 from anna.generate import generate_images, save_png
+from anna.options.handle import QuantHandle
 
 METRICS = ("mse", "clip", "fid")
 METRICS_FILE = "metrics.json"
@@ -59,7 +60,6 @@ PUBLISHED_TEST_ROWS = (1, 100)
 PUBLISHED_STEPS = (1, 2)
 
 Echo = Callable[[str], Any] | None
-ApplyCheckpoint = Callable[[Model, Path], Any]
 
 
 def published_split(tsv: str | Path) -> tuple[str, str]:
@@ -150,8 +150,9 @@ def describe_checkpoints(paths: Sequence[str | Path]) -> list[CheckpointRef]:
     return refs
 
 
-def apply_checkpoint(model: Model, path: Path, echo: Echo = print) -> None:
-    """Rebuild the model's quantized component from a checkpoint folder (safetensors or ONNX)."""
+def apply_checkpoint(model: Model, path: Path, echo: Echo = print, handle: QuantHandle | None = None) -> None:
+    """Rebuild the model's quantized component from a checkpoint folder (safetensors or ONNX). A safetensors
+    checkpoint goes through ``handle`` when one is given (a reversible handle of the component undoes it)."""
     if checkpoint_kind(path) == "onnx":
         try:
             from anna.export.onnx_runtime import load_onnx_checkpoint_into
@@ -162,7 +163,29 @@ def apply_checkpoint(model: Model, path: Path, echo: Echo = print) -> None:
         return
     from anna.export.checkpoint import load_checkpoint_into
 
-    load_checkpoint_into(model, path, echo=echo)
+    load_checkpoint_into(model, path, echo=echo, handle=handle)
+
+
+def load_reversibly(model: Model, ref: CheckpointRef, echo: Echo = print) -> Callable[[], None]:
+    """Apply a checkpoint to ``model`` and return the function that undoes it (the base model again, exactly)."""
+    if ref.kind == "onnx":  # the ONNX export replaces the pipeline object; the original comes back
+        pipeline = model.pipeline
+        apply_checkpoint(model, ref.path, echo=echo)
+
+        def restore() -> None:
+            model.pipeline = pipeline
+
+        return restore
+    from anna.export.checkpoint import read_checkpoint
+
+    component = read_checkpoint(ref.path)[0].get("component") or model.default_component
+    handle = QuantHandle(model.component(component))
+    try:
+        apply_checkpoint(model, ref.path, echo=echo, handle=handle)
+    except BaseException:
+        handle.undo()
+        raise
+    return handle.undo
 
 
 # Originals
@@ -304,21 +327,21 @@ def _free() -> None:
 
 
 def evaluate(
-    model: str | Callable[[], Model],
+    model: str | Model | Callable[[], Model],
     checkpoints: Sequence[str | Path],
     prompts: Sequence[str],
     out_dir: str | Path,
     config: EvalConfig = EvalConfig(),
     *,
     prompts_spec: str | None = None,
-    apply: ApplyCheckpoint | None = None,
     echo: Echo = print,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every checkpoint at every steps value against the original pipeline; write and return metrics.json.
 
-    `model` is a model spec for `load_model` or a factory that returns a fresh base model (each checkpoint is rebuilt
-    on a fresh one). `apply(model, ckpt_dir)` rebuilds the quantized component (default: `apply_checkpoint`).
+    `model` is a model spec for `load_model` or a loaded base `Model`: the one pipeline serves every checkpoint, each
+    applied through a reversible handle and undone after it. A factory that returns a fresh base model instead
+    rebuilds each checkpoint on a fresh one.
     """
     if not prompts:
         raise AnnaError("no prompts to evaluate with")
@@ -327,21 +350,21 @@ def evaluate(
     if config.component_calls < 1:
         raise AnnaError(f"component_calls must be at least 1, got {config.component_calls}")
     refs = describe_checkpoints(checkpoints)
+    factory: Callable[[], Model] | None = None
     if isinstance(model, str):
-        spec = model
+        from anna.adapters import load_model
 
-        def factory() -> Model:
-            from anna.adapters import load_model
-
-            return load_model(spec)
+        shared = load_model(model)
+    elif isinstance(model, Model):
+        shared = model
     else:
         factory = model
+        shared = factory()
     say: Callable[[str], Any] = (lambda s: tqdm.write(s)) if echo is print else (echo or (lambda s: None))
-    apply_fn: ApplyCheckpoint = apply or (lambda m, p: apply_checkpoint(m, p, echo=say))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    base: Model | None = factory()
+    base: Model | None = shared
     base.require_weights("evaluate")
     if base.defaults is None:
         raise AnnaError(f"model '{base.name}' is not a pipeline: evaluate needs a text-to-image pipeline")
@@ -422,9 +445,14 @@ def evaluate(
 
     jobs = tqdm(total=len(refs) * len(steps), desc="evaluate", unit="entry", disable=not progress)
     for ref in refs:
-        model_q = base if base is not None else factory()
-        base = None
-        apply_fn(model_q, ref.path)
+        if factory is None:  # one pipeline for every checkpoint: undone after each
+            model_q = shared
+            undo = load_reversibly(model_q, ref, echo=say)
+        else:
+            model_q = base if base is not None else factory()
+            base = None
+            apply_checkpoint(model_q, ref.path, echo=say)
+            undo = None
         plan = ref.plan or {}
         units = plan.get("units") or {}
         for s in steps:
@@ -455,6 +483,8 @@ def evaluate(
             write_json(out / METRICS_FILE, result)
             say(_summary_line(entry))
             jobs.update(1)
+        if undo is not None:
+            undo()
         model_q = None
         _free()
     jobs.close()

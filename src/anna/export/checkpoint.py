@@ -176,18 +176,25 @@ def _resolve_plan_path(run_dir: Path, plan_path: str | Path) -> Path:
     return p
 
 
-def export_checkpoint(run_dir: str | Path, plan_path: str | Path, out_dir: str | Path, *, echo: Echo = print
-                      ) -> CheckpointInfo:
-    """Load the model of a calibration run (``run.json``), apply the plan with the run's statistics, save."""
+def export_checkpoint(run_dir: str | Path, plan_path: str | Path, out_dir: str | Path, *, echo: Echo = print,
+                      model: Model | None = None) -> CheckpointInfo:
+    """Apply the plan to the model of a calibration run with the run's statistics, and save the checkpoint.
+
+    Without ``model`` the run's model is loaded (``run.json``) and quantized for good; a given ``model`` (the run's
+    own, already loaded) is quantized through a reversible handle and left as it was, so one model serves a sweep.
+    """
     from anna import calibrate
 
     run_dir = Path(run_dir)
-    run, model, component = calibrate.load_run_model(run_dir, "export")
+    given = model is not None
+    run, model, component = calibrate.load_run_model(run_dir, "export", model)
     spec = run["model"]
     plan = load_plan(_resolve_plan_path(run_dir, plan_path), build_inventory(model, component))
     stats = calibrate.load_stats(run_dir)
-    apply(model.component(component), plan, stats, echo=echo)
-    return save_checkpoint(model, component, plan, out_dir, model_spec=spec, echo=echo)
+    comp = model.component(component)
+    with QuantHandle(comp, reversible=given) as handle:
+        apply(comp, plan, stats, echo=echo, handle=handle)
+        return save_checkpoint(model, component, plan, out_dir, model_spec=spec, echo=echo)
 
 
 # Loading

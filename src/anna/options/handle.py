@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,12 @@ from anna.errors import AnnaError
 from anna.inventory import unit_modules
 from anna.options.registry import FP16, quant_option
 from anna.options.wrappers import unit_option
+
+
+# A transformers attention unit is switched to anna's attention function through its model's config (shared by every
+# layer): a copy of the unit keeps sharing it, and undo restores these settings.
+_CONFIG_KEYS = ("_attn_implementation_internal", "_anna_original_attn")
+_MISSING = object()
 
 
 def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -41,6 +48,7 @@ class QuantHandle:
         self.options: dict[str, str] = {}
         self._modules: dict[str, nn.Module] = {}  # unit -> the original module it replaced
         self._tensors: list[tuple[Tensor, Tensor]] = []  # (tensor set in place, its original value)
+        self._configs: list[tuple[Any, dict[str, Any]]] = []  # (model config, its attention settings before)
 
     def unit(self, name: str) -> tuple[str, nn.Module]:
         """(kind, original module) of a unit, with a clear error for a name the component lacks."""
@@ -55,7 +63,11 @@ class QuantHandle:
         if unit_option(module) is not None:
             raise AnnaError(f"unit '{name}' is already quantized ({unit_option(module)})")
         if self.reversible and kind == "attention":  # an attention unit is quantized in place: work on a copy
-            module = copy.deepcopy(module)
+            configs = {id(c): c for m in module.modules() if (c := getattr(m, "config", None)) is not None}
+            for config in configs.values():  # shared with the model (its attention function), restored on undo
+                if all(config is not c for c, _ in self._configs):
+                    self._configs.append((config, {k: config.__dict__.get(k, _MISSING) for k in _CONFIG_KEYS}))
+            module = copy.deepcopy(module, memo=dict(configs))
         return kind, module
 
     def _swap(self, name: str, option: str, new: nn.Module) -> None:
@@ -104,14 +116,20 @@ class QuantHandle:
         with torch.no_grad():
             for t, value in reversed(self._tensors):
                 t.copy_(value)
-        self._modules.clear()
-        self._tensors.clear()
+        for config, before in self._configs:
+            for key, value in before.items():
+                if value is _MISSING:
+                    config.__dict__.pop(key, None)
+                else:
+                    config.__dict__[key] = value
+        self.commit()
         self.options.clear()
 
     def commit(self) -> None:
         """Keep the quantized component for good; the originals are released."""
         self._modules.clear()
         self._tensors.clear()
+        self._configs.clear()
 
     def __enter__(self) -> QuantHandle:
         return self
