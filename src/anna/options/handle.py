@@ -25,7 +25,6 @@ from anna.inventory import unit_modules
 from anna.options.registry import FP16, quant_option
 from anna.options.wrappers import unit_option
 
-
 # A transformers attention unit is switched to anna's attention function through its model's config (shared by every
 # layer): a copy of the unit keeps sharing it, and undo restores these settings.
 _CONFIG_KEYS = ("_attn_implementation_internal", "_anna_original_attn")
