@@ -7,12 +7,13 @@ calibrate -> analyze -> search (a sweep of budgets) -> export (one checkpoint pe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from anna.errors import AnnaError
+from anna.runfolder import RunFolder
 
 Echo = Callable[[str], Any]
 
@@ -86,6 +87,24 @@ def feasible_sizes(sizes: str, smallest: float) -> list[float]:
     return sorted({max(r, floor) for r in asked})
 
 
+def export_plans(run_dir: str | Path, ratios: Sequence[float], model: Any, echo: Echo = print) -> list[Path]:
+    """One checkpoint per budget's plan, on the given (loaded) model through a reversible handle; a checkpoint whose
+    plan or calibration changed since it was exported is exported again, the others are reused."""
+    from anna.export.checkpoint import export_checkpoint, is_stale
+
+    folder = RunFolder(run_dir)
+    checkpoints, redone = [], 0
+    for r in ratios:
+        out, plan = folder.checkpoint(r), folder.plan(r)
+        if is_stale(out, run_dir, plan):
+            export_checkpoint(run_dir, plan, out, echo=None, model=model)
+            redone += 1
+        checkpoints.append(out)
+    echo(f"{len(checkpoints)} checkpoints in {folder.checkpoints} ({redone} exported, {len(checkpoints) - redone} "
+         "up to date)")
+    return checkpoints
+
+
 def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     """Run every stage; returns the path of report.html."""
     from anna.adapters import load_model
@@ -93,11 +112,11 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     from anna.calibrate import calibrate
     from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
     from anna.evaluate.select import Thresholds, select_to_file
-    from anna.export.checkpoint import export_checkpoint
     from anna.report import build_report
-    from anna.search import plan_name, search
+    from anna.search import search
 
     run_dir = Path(cfg.run_dir)
+    folder = RunFolder(run_dir)
     calib_prompts, test_prompts = _prompts(cfg)
     steps, metrics = parse_steps(cfg.steps), parse_metrics(cfg.metrics)
     timings: dict[str, float] = {}
@@ -121,22 +140,15 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
         echo(f"note: the smallest feasible size ratio is {smallest:.4f}; the sweep starts at {ratios[0]:.3f}")
     search(run_dir, ratios, model=model, echo=echo)
     stage("export")
-    checkpoints = []
-    for r in ratios:
-        out = run_dir / "checkpoints" / plan_name(r)
-        if not (out / "plan.json").is_file():
-            export_checkpoint(run_dir, run_dir / "plans" / f"{plan_name(r)}.json", out, echo=lambda _s: None,
-                              model=model)
-        checkpoints.append(out)
-    echo(f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
+    checkpoints = export_plans(run_dir, ratios, model, echo=echo)
     stage("evaluate")
     config = EvalConfig(metrics=metrics, steps=steps, fid_weights=cfg.fid_weights,
                         **({"clip_model": cfg.clip_model} if cfg.clip_model else {}))
-    evaluate(model, checkpoints, test_prompts, run_dir / "eval", config, echo=echo, progress=progress)
+    evaluate(model, checkpoints, test_prompts, folder.eval, config, echo=echo, progress=progress)
     stage("select")
     thresholds = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse)
     try:
-        selection = select_to_file(run_dir / "eval", thresholds, run_dir / "selected.json")
+        selection = select_to_file(folder.eval, thresholds, folder.selected_json)
         echo(f"selected {selection.chosen.name} (size ratio {selection.chosen.size_ratio:.4f}): {selection.reason}")
     except AnnaError as e:
         echo(f"no selection: {e}")

@@ -21,6 +21,7 @@ from anna.analyze.stage import Analysis, load_analysis
 from anna.artifacts import write_json
 from anna.errors import AnnaError
 from anna.inventory import Inventory
+from anna.runfolder import RunFolder, digest, file_digest
 
 BASELINES = ("uniform", "greedy", "fisher", "random")
 
@@ -43,10 +44,6 @@ def parse_sizes(size: float | None = None, sizes: str | None = None) -> list[flo
         if not 0 < v <= 1.5:
             raise AnnaError(f"size ratio {v} is out of range (0, 1.5]")
     return values
-
-
-def plan_name(ratio: float) -> str:
-    return f"size-{ratio:.3f}"
 
 
 def feasible_ratios(analysis: Analysis, ratios: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -175,7 +172,13 @@ def search(
     from anna.plan import make_plan
 
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     analysis = load_analysis(run_dir, corrected)
+    inputs = _inputs_digest(folder, sorted(ratios), measure, baselines, corrected, polish)
+    if _up_to_date(folder, inputs):
+        if echo:
+            echo(f"search in {run_dir} is up to date ({folder.front_json})")
+        return folder.front_json
     em = analysis.error_model
     ratios, skipped = feasible_ratios(analysis, sorted(ratios))
     if skipped and echo:
@@ -220,6 +223,7 @@ def search(
         "points": [],
         "baselines": {},
         "skipped": skipped,
+        "inputs": inputs,
     }
     for method, sols in results.items():
         rows = []
@@ -241,9 +245,7 @@ def search(
                 status=sol.status,
                 **({"source": sources[k]} if method == "anna" else {}),
             )
-            folder = run_dir / "plans" if method == "anna" else run_dir / "plans" / "baselines"
-            prefix = "" if method == "anna" else f"{method}-"
-            path = plan.save(folder / f"{prefix}{plan_name(ratio)}.json")
+            path = plan.save(folder.plan(ratio, method))
             rows.append(
                 {
                     "budget": ratio,
@@ -260,10 +262,31 @@ def search(
             front["points"] = rows
         else:
             front["baselines"][method] = rows
-    path = write_json(run_dir / "front.json", front)
+    path = write_json(folder.front_json, front)
     if echo:
         echo(_table(front))
     return path
+
+
+def _inputs_digest(folder: RunFolder, ratios: list[float], *args: Any) -> str:
+    """What a search is made from: the analysis it reads (error model and validation files) and its settings."""
+    paths = (folder.error_model_json, folder.error_model_tensors, folder.validation_json)
+    files = [file_digest(p) if p.is_file() else None for p in paths]
+    return digest([files, ratios, *args])
+
+
+def _up_to_date(folder: RunFolder, inputs: str) -> bool:
+    """front.json was made from these inputs and its plans are all there."""
+    import json
+
+    try:
+        front = json.loads(folder.front_json.read_text())
+    except (OSError, ValueError):
+        return False
+    if front.get("inputs") != inputs:
+        return False
+    rows = [*front.get("points", []), *(r for rs in front.get("baselines", {}).values() for r in rs)]
+    return all((folder.root / r["plan"]).is_file() for r in rows if r.get("plan"))
 
 
 def _table(front: dict[str, Any]) -> str:

@@ -27,8 +27,7 @@ from anna.artifacts import read_json, read_tensors, write_json, write_tensors
 from anna.errors import AnnaError
 from anna.inventory import Inventory, build_inventory
 from anna.options.registry import DEFAULT_BAG, parse_bag
-
-ANALYSIS = "analysis"
+from anna.runfolder import RunFolder
 
 
 @dataclass
@@ -115,10 +114,12 @@ def analyze(
     """Build, validate and save the error model of `run_dir`; returns the analysis folder."""
     start = time.time()
     run_dir = Path(run_dir)
-    out = run_dir / ANALYSIS
+    folder = RunFolder(run_dir)
+    out = folder.analysis
     options = parse_bag(",".join(bag) if bag else ",".join(DEFAULT_BAG))
     trial = open_trial(run_dir, model)
     config = {
+        "calibration": folder.calibration_digest(),  # a recalibration makes the analysis stale
         "model": trial.model.name,
         "component": trial.component,
         "units": trial.units,
@@ -136,14 +137,14 @@ def analyze(
     if _model_matches(out, config_id):  # the error model is done; only its validation is missing
         analysis = load_analysis(run_dir, corrected=False)
         return _validate_and_report(trial, analysis, out, validate, size_range, seed, echo)
-    (out / "validation.json").unlink(missing_ok=True)  # it belongs to another configuration
+    folder.validation_json.unlink(missing_ok=True)  # it belongs to another configuration
     state, done = _load_partial(out, config, config_id)
     if done and echo:
         echo(f"resuming analysis after {done} of {len(trial.units)} units")
 
     def checkpoint(em: ErrorModel, units_done: int) -> None:
-        write_tensors(out / "partial.safetensors", em.to_tensors())
-        write_json(out / "partial.json", {"config_id": config_id, "done": units_done, "n_elements": em.n_elements})
+        write_tensors(folder.partial_tensors, em.to_tensors())
+        write_json(folder.partial_json, {"config_id": config_id, "done": units_done, "n_elements": em.n_elements})
 
     em = build_error_model(
         trial.run,
@@ -163,9 +164,9 @@ def analyze(
     )
     sizes, base = _sizes(trial.inventory, trial.units, options)
     analysis = Analysis(trial.model.name, trial.component, em, sizes, base, trial.inventory.total_bytes_fp16)
-    write_tensors(out / "error_model.safetensors", em.to_tensors())
+    write_tensors(folder.error_model_tensors, em.to_tensors())
     write_json(
-        out / "error_model.json",
+        folder.error_model_json,
         {
             **config,
             "config_id": config_id,
@@ -182,8 +183,8 @@ def analyze(
             "seconds": round(time.time() - start, 2),
         },
     )
-    for name in ("partial.safetensors", "partial.json"):
-        (out / name).unlink(missing_ok=True)
+    for path in (folder.partial_tensors, folder.partial_json):
+        path.unlink(missing_ok=True)
     return _validate_and_report(trial, analysis, out, validate, size_range, seed, echo)
 
 
@@ -198,7 +199,7 @@ def _validate_and_report(
 ) -> Path:
     if validate > 0:
         report = validate_model(trial, analysis, validate, size_range, seed)
-        write_json(out / "validation.json", report)
+        write_json(RunFolder(out.parent).validation_json, report)
         c = report["correction"]
         if echo:
             echo(
@@ -232,7 +233,7 @@ def validate_model(trial: Trial, analysis: Analysis, n: int, size_range: tuple[f
 
 
 def _model_matches(out: Path, config_id: str) -> bool:
-    meta = out / "error_model.json"
+    meta = RunFolder(out.parent).error_model_json
     return meta.is_file() and read_json(meta, "analysis").get("config_id") == config_id
 
 
@@ -242,32 +243,32 @@ def _finished(out: Path, config_id: str, validate: int) -> bool:
         return False
     if validate <= 0:
         return True
-    path = out / "validation.json"
+    path = RunFolder(out.parent).validation_json
     return path.is_file() and read_json(path, "validation").get("n_plans", 0) > 0
 
 
 def _load_partial(out: Path, config: dict[str, Any], config_id: str) -> tuple[ErrorModel | None, int]:
     """The checkpointed partial model when it was made with the same configuration, else nothing."""
-    meta_path = out / "partial.json"
+    meta_path = RunFolder(out.parent).partial_json
     if not meta_path.is_file():
         return None, 0
     meta = read_json(meta_path, "partial analysis")
     if meta.get("config_id") != config_id:
         return None, 0
-    tensors = read_tensors(out / "partial.safetensors", "partial analysis")
+    tensors = read_tensors(RunFolder(out.parent).partial_tensors, "partial analysis")
     em = ErrorModel.from_tensors(tensors, config["units"], config["options"], int(meta["n_elements"]))
     return em, int(meta["done"])
 
 
 def load_analysis(run_dir: str | Path, corrected: bool = True) -> Analysis:
     """Read the saved error model and sizes; with `corrected`, apply the correction that validation fitted."""
-    out = Path(run_dir) / ANALYSIS
-    meta = read_json(out / "error_model.json", "analysis (run `anna analyze` first)")
+    folder = RunFolder(run_dir)
+    meta = read_json(folder.error_model_json, "analysis (run `anna analyze` first)")
     em = ErrorModel.from_tensors(
-        read_tensors(out / "error_model.safetensors", "error model"), meta["units"], meta["options"], meta["n_elements"]
+        read_tensors(folder.error_model_tensors, "error model"), meta["units"], meta["options"], meta["n_elements"]
     )
-    if corrected and (out / "validation.json").is_file():
-        correction = read_json(out / "validation.json", "validation")["correction"]
+    if corrected and folder.validation_json.is_file():
+        correction = read_json(folder.validation_json, "validation")["correction"]
         em.diag_scale, em.cross_scale = correction["diag_scale"], correction["cross_scale"]
     return Analysis(
         meta["model"],

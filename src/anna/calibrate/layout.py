@@ -1,41 +1,36 @@
-"""Where calibration writes in a run directory (one model, one component per run directory)."""
+"""Where calibration writes in a run directory (one model, one component per run directory): see `anna.runfolder`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-RUN_JSON = "run.json"
-CALIBRATION = "calibration"
+from anna.runfolder import RunFolder
 
 
 def run_json(run_dir: str | Path) -> Path:
     """`run.json`: model, component, settings, seed, prompts, cache config, and the calibration summary."""
-    return Path(run_dir) / RUN_JSON
-
-
-def calibration_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CALIBRATION
+    return RunFolder(run_dir).run_json
 
 
 def stats_json(run_dir: str | Path) -> Path:
     """Per-unit activation statistics for people and the later stages."""
-    return calibration_dir(run_dir) / "stats.json"
+    return RunFolder(run_dir).stats_json
 
 
 def stats_tensors(run_dir: str | Path) -> Path:
-    """Weight per-channel absmax (`weight/UNIT/WEIGHT`) and the stacked histogram states (`hist/FIELD`, `hist/keys`)."""
-    return calibration_dir(run_dir) / "stats.safetensors"
+    """The stacked histogram states (`hist/FIELD`, `hist/keys`)."""
+    return RunFolder(run_dir).stats_tensors
 
 
 def inputs_json(run_dir: str | Path) -> Path:
     """The structure of each cached component input and where it came from."""
-    return calibration_dir(run_dir) / "inputs.json"
+    return RunFolder(run_dir).inputs_json
 
 
 def inputs_tensors(run_dir: str | Path) -> Path:
-    return calibration_dir(run_dir) / "inputs.safetensors"
+    return RunFolder(run_dir).inputs_tensors
 
 
 def progress(run_dir: str | Path) -> Path:
     """Checkpoint of an unfinished run (histogram states, cache, finished items); removed when the run completes."""
-    return calibration_dir(run_dir) / "progress.safetensors"
+    return RunFolder(run_dir).progress

@@ -31,7 +31,17 @@ def load_run_model(run_dir: str | Path, stage: str, model: Model | None = None) 
     if not spec:
         raise AnnaError(f"{run_dir}/run.json names no model")
     if model is None:
-        model = load_model(spec)
+        try:
+            model = load_model(spec)
+        except AnnaError as e:
+            if not str(e).startswith("unknown model"):
+                raise
+            raise AnnaError(
+                f"run {run_dir} was made from Python with model '{spec}', which is no built-in model, hub id or "
+                f"folder, so '{stage}' cannot rebuild it: continue from Python with the model object, e.g. "
+                f"anna.quantize(module, data, run_dir='{run_dir}', ...), or quantize with name= set to the model's "
+                "hub id or local folder"
+            ) from None
     elif model.name != spec:
         raise AnnaError(f"run {run_dir} was calibrated on '{spec}', not '{model.name}'")
     model.require_weights(stage)

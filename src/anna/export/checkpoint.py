@@ -142,10 +142,12 @@ def save_checkpoint(
     *,
     model_spec: str | None = None,
     echo: Echo = print,
+    inputs: dict[str, Any] | None = None,
 ) -> CheckpointInfo:
     """Write ``out_dir/model.safetensors`` and ``out_dir/plan.json`` for a component that ``plan`` was applied to.
 
-    ``model_spec`` is what ``load_model`` rebuilds the base model from (default: the model's name).
+    ``model_spec`` is what ``load_model`` rebuilds the base model from (default: the model's name). ``inputs``
+    (digests of what the checkpoint was made from) is recorded in ``plan.json``, so a stale checkpoint can be told.
     """
     component = component or plan.component or model.default_component
     if plan.model != model.name or plan.component != component:
@@ -156,6 +158,8 @@ def save_checkpoint(
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "model": model.name, "component": component}
     path = write_tensors(out / TENSORS_FILE, tensors, metadata=meta)
     obj = {**plan.to_json(), "model_spec": model_spec or model.name, "component": component}
+    if inputs is not None:
+        obj["inputs"] = inputs
     write_json(out / PLAN_FILE, obj)
     file_bytes = path.stat().st_size
     header = safetensors_header_bytes(path)
@@ -189,12 +193,34 @@ def export_checkpoint(run_dir: str | Path, plan_path: str | Path, out_dir: str |
     given = model is not None
     run, model, component = calibrate.load_run_model(run_dir, "export", model)
     spec = run["model"]
-    plan = load_plan(_resolve_plan_path(run_dir, plan_path), build_inventory(model, component))
+    plan_path = _resolve_plan_path(run_dir, plan_path)
+    plan = load_plan(plan_path, build_inventory(model, component))
+    plan.extra.pop("inputs", None)
     stats = calibrate.load_stats(run_dir)
     comp = model.component(component)
     with QuantHandle(comp, reversible=given) as handle:
         apply(comp, plan, stats, echo=echo, handle=handle)
-        return save_checkpoint(model, component, plan, out_dir, model_spec=spec, echo=echo)
+        return save_checkpoint(model, component, plan, out_dir, model_spec=spec, echo=echo,
+                               inputs=checkpoint_inputs(run_dir, plan_path))
+
+
+def checkpoint_inputs(run_dir: str | Path, plan_path: str | Path) -> dict[str, Any]:
+    """What a checkpoint exported from a run is made from: digests of its plan file and of the calibration."""
+    from anna.runfolder import RunFolder, file_digest
+
+    return {"plan": file_digest(plan_path), "calibration": RunFolder(run_dir).calibration_digest()}
+
+
+def is_stale(ckpt_dir: str | Path, run_dir: str | Path, plan_path: str | Path) -> bool:
+    """Whether a checkpoint folder is missing, or was exported from another plan or calibration than the run's."""
+    path = Path(ckpt_dir) / PLAN_FILE
+    if not path.is_file() or not (Path(ckpt_dir) / TENSORS_FILE).is_file():
+        return True
+    try:
+        recorded = json.loads(path.read_text()).get("inputs")
+    except (OSError, ValueError):
+        return True
+    return recorded != checkpoint_inputs(run_dir, plan_path)
 
 
 # Loading
