@@ -15,10 +15,9 @@ from anna.calibrate.histogram import (
     ActStats,
     EmptyObserverError,
     NonFiniteActivation,
-    PerChannelAbsMax,
     StreamingHistogram,
-    compute_many,
     stack_states,
+    stats_from_state,
     unstack_states,
 )
 
@@ -335,36 +334,6 @@ def test_act_stats_json_round_trip() -> None:
     assert ActStats.from_json(d) == s
 
 
-def test_per_channel_absmax() -> None:
-    g = torch.Generator().manual_seed(13)
-    w1, w2 = torch.randn(8, 4, 3, 3, generator=g), torch.randn(8, 4, 3, 3, generator=g) * 2
-    obs = PerChannelAbsMax()
-    with pytest.raises(EmptyObserverError):
-        obs.compute()
-    obs.collect(w1.half())
-    obs.collect(w2)
-    want = torch.maximum(w1.half().float().abs().amax(dim=(1, 2, 3)), w2.abs().amax(dim=(1, 2, 3)))
-    assert torch.equal(obs.compute(), want)
-    lin = PerChannelAbsMax()
-    lin.collect(torch.tensor([[1.0, -5.0], [math.nan, 2.0]]))
-    assert lin.compute().tolist() == [5.0, 2.0] and lin.nonfinite == 1
-    with pytest.raises(NonFiniteActivation):
-        PerChannelAbsMax(on_nonfinite="raise").collect(torch.tensor([[math.inf]]))
-    with pytest.raises(ValueError, match="channels"):
-        obs.collect(torch.randn(3, 4))
-    back = PerChannelAbsMax.from_state_dict(obs.state_dict())
-    assert torch.equal(back.compute(), want)
-    split = PerChannelAbsMax()
-    split.collect(w2)
-    other = PerChannelAbsMax()
-    other.collect(w1.half())
-    split.merge(other)
-    assert torch.equal(split.compute(), want)
-    obs.reset()
-    with pytest.raises(EmptyObserverError):
-        obs.compute()
-
-
 def _reference_quantiles(h: StreamingHistogram, qs: list[float]) -> list[float]:
     """The percentile rule written out for one histogram: locate rank q (n - 1) in the cumulative counts and
     interpolate inside its bin, whose edges are clipped to the exact min and max."""
@@ -383,7 +352,7 @@ def _reference_quantiles(h: StreamingHistogram, qs: list[float]) -> list[float]:
     return out
 
 
-def test_compute_many_equals_the_rule_per_histogram() -> None:
+def test_stats_from_state_equals_the_rule_per_histogram() -> None:
     hists = [
         _collect(_batches(kind, seed)) for seed in range(3) for kind in ("gaussian", "lognormal", "heavy", "growing")
     ]
@@ -391,10 +360,8 @@ def test_compute_many_equals_the_rule_per_histogram() -> None:
     nan_only = StreamingHistogram()
     nan_only.collect(torch.tensor([math.nan]))
     hists.insert(9, nan_only)
-    coarse = _collect(_batches("heavy", 9), mantissa_bits=2, exponent_window=5)
-    hists.append(coarse)  # another binning in the same call
     qs = [p / 100 for p in PERCENTILES]
-    many = compute_many(hists)
+    many = stats_from_state(stack_states(hists))
     assert many[5] is None and many[9] is None
     for h, s in zip(hists, many, strict=True):
         if h.count == 0:

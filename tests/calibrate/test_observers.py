@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anna.calibrate.hooks import observe
-from anna.calibrate.observers import UnitObservers, histograms_from_state
+from anna.calibrate.observers import UnitObservers
 from anna.errors import AnnaError
 
 
@@ -69,18 +69,19 @@ def test_stacked_state_round_trip_and_damage() -> None:
     obs.collector("b", "p")(torch.rand(10, 10))
     state = obs.state_dict()
     assert state["hist/counts"].shape[0] == len(obs.hists) == 8
-    back = histograms_from_state(state)
+    back = UnitObservers(units)
+    back.load_state_dict(state)
     for (unit, act), hist in obs.hists.items():
-        mine, theirs = back[unit][act].state_dict(), hist.state_dict()
+        mine, theirs = back.hists[(unit, act)].state_dict(), hist.state_dict()
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), (unit, act)
     assert obs.compute(state)["a"]["input"] == obs.hists[("a", "input")].compute()
     assert obs.compute()["b"]["q"] is None
     with pytest.raises(AnnaError, match="names 7 histograms but holds 8"):
         bad = dict(state)
         bad["hist/keys"] = torch.frombuffer(bytearray(b'[["a","input"]' + b',["b","x"]' * 6 + b"]"), dtype=torch.uint8)
-        histograms_from_state(bad)
+        UnitObservers(units).load_state_dict(bad)
     with pytest.raises(AnnaError, match="no histogram keys"):
-        histograms_from_state({k: v for k, v in state.items() if k != "hist/keys"})
+        UnitObservers(units).load_state_dict({k: v for k, v in state.items() if k != "hist/keys"})
 
 
 def test_observe_chains_onto_an_instance_forward_and_restores_it() -> None:
@@ -108,7 +109,8 @@ def test_observe_chains_onto_an_instance_forward_and_restores_it() -> None:
 def test_no_units_round_trip() -> None:
     obs = UnitObservers([])
     state = obs.state_dict()
-    assert set(state) == {"hist/keys"} and histograms_from_state(state) == {} and obs.compute(state) == {}
+    assert set(state) == {"hist/keys"} and obs.compute(state) == {}
+    obs.load_state_dict(state)
 
 
 def test_no_repeat_check_where_reads_cost_a_sync(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,10 +7,10 @@ import json
 
 import torch
 
-from anna.calibrate import load_cached_inputs, load_run, load_stats, load_weight_absmax, run_component
+from anna.calibrate import load_cached_inputs, load_run, load_stats, run_component
 from anna.calibrate.histogram import PERCENTILES
 from anna.generate import generate_images
-from anna.inventory import ACTIVATIONS, quantized_weights, unit_modules
+from anna.inventory import ACTIVATIONS, unit_modules
 
 PCT_KEYS = [str(p) for p in PERCENTILES]
 
@@ -72,16 +72,6 @@ def test_counts_cover_every_step_and_prompt(unet_run):
     exact = torch.quantile(data.double(), torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64))
     for key, ref in zip(PCT_KEYS, exact.tolist(), strict=True):
         assert abs(s.percentiles[key] - ref) <= 0.01 * abs(ref) + 1e-6, (key, s.percentiles[key], ref)
-
-
-def test_weight_absmax(unet_run):
-    absmax = load_weight_absmax(unet_run.run_dir)
-    for name, _, module in unit_modules(unet_run.model.pipeline.unet):
-        weights = dict(quantized_weights(module))
-        assert set(absmax[name]) == set(weights), name
-        for wname, w in weights.items():
-            ref = w.detach().abs().reshape(w.shape[0], -1).amax(1)
-            assert torch.equal(absmax[name][wname], ref), (name, wname)
 
 
 def test_cached_inputs_rerun_bit_exactly(unet_run):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,7 +39,6 @@ class Model:
     has_weights: bool = True
     batches: Iterable[Any] | None = None
     forward: Callable[[nn.Module, Any], torch.Tensor] | None = None
-    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def default_component(self) -> str:

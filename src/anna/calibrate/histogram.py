@@ -55,9 +55,7 @@ __all__ = [
     "ActStats",
     "EmptyObserverError",
     "NonFiniteActivation",
-    "PerChannelAbsMax",
     "StreamingHistogram",
-    "compute_many",
     "stack_states",
     "stats_from_state",
     "unstack_states",
@@ -511,7 +509,7 @@ class StreamingHistogram:
 
     def compute(self) -> ActStats:
         """Min, max, absmax (exact) and percentiles 1/5/10/90/95/99 of every finite value collected."""
-        stats = compute_many([self])[0]
+        stats = stats_from_state(stack_states([self]))[0]
         if stats is None:
             self._raise_empty()
         return stats
@@ -638,100 +636,3 @@ def stats_from_state(state: Mapping[str, Tensor]) -> list[ActStats | None]:
                 )
             )
     return out
-
-
-def compute_many(hists: Sequence[StreamingHistogram]) -> list[ActStats | None]:
-    """``compute()`` of every histogram, vectorized across them; None where no finite value was collected."""
-    out: list[ActStats | None] = [None] * len(hists)
-    by_binning: dict[tuple[int, int], list[int]] = {}
-    for i, h in enumerate(hists):
-        by_binning.setdefault((h.mantissa_bits, h.exponent_window), []).append(i)
-    for rows in by_binning.values():
-        for i, stats in zip(rows, stats_from_state(stack_states([hists[i] for i in rows])), strict=True):
-            out[i] = stats
-    return out
-
-
-class PerChannelAbsMax:
-    """Running per-output-channel absmax of a weight (dim 0), e.g. for FP8 per-channel weight scales."""
-
-    def __init__(self, on_nonfinite: OnNonFinite = "count") -> None:
-        """``on_nonfinite`` as for :class:`StreamingHistogram`; non-finite values never enter the absmax."""
-        _check_mode(on_nonfinite)
-        self.on_nonfinite: OnNonFinite = on_nonfinite
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything collected."""
-        self._absmax: Tensor | None = None
-        self._nonfinite = torch.zeros((), dtype=torch.int64)
-
-    @property
-    def nonfinite(self) -> int:
-        """Number of NaN/Inf values collected and excluded (syncs)."""
-        return int(self._nonfinite)
-
-    def collect(self, w: Tensor) -> None:
-        """Fold ``w``'s per-channel absmax (over every dim but 0) into the running maximum."""
-        w = _as_float_tensor(w)
-        if w.ndim == 0 or w.shape[0] == 0:
-            raise ValueError(f"PerChannelAbsMax needs a tensor with at least one output channel, got {tuple(w.shape)}")
-        if self._absmax is not None and self._absmax.shape[0] != w.shape[0]:
-            raise ValueError(f"PerChannelAbsMax saw {self._absmax.shape[0]} channels before, now {w.shape[0]}")
-        if self.on_nonfinite == "raise":
-            _raise_if_nonfinite(w)
-        per = None
-        if not _sync_free(w.device) and w[0].numel():  # CPU: one pass; NaN/Inf show in the result, then mask
-            src = w if w.dtype in (torch.float32, torch.float64, *_NATIVE_16) else w.float()
-            per = src.reshape(w.shape[0], -1).abs().amax(dim=1).float()
-            if not bool(torch.isfinite(per).all()):
-                per = None
-        if per is None:
-            a = w.float().abs()
-            finite = torch.isfinite(a)
-            a = a.masked_fill(~finite, 0.0).reshape(w.shape[0], -1)
-            per = a.amax(dim=1) if a.shape[1] else torch.zeros(w.shape[0], device=w.device)
-            self._nonfinite = self._nonfinite.to(w.device) + (~finite).sum()
-        self._absmax = per if self._absmax is None else torch.maximum(self._absmax.to(w.device), per)
-
-    def compute(self) -> Tensor:
-        """float32 absmax per output channel, shape ``(C,)``."""
-        if self._absmax is None:
-            raise EmptyObserverError("no weight collected: call collect() before compute()")
-        return self._absmax.clone()
-
-    def merge(self, other: PerChannelAbsMax) -> None:
-        """Fold ``other``'s running maximum into this one."""
-        if not isinstance(other, PerChannelAbsMax):
-            raise TypeError(f"cannot merge {type(other).__name__} into PerChannelAbsMax")
-        if other._absmax is None:
-            self._nonfinite = self._nonfinite + other._nonfinite.to(self._nonfinite.device)
-            return
-        dev = other._absmax.device if self._absmax is None else self._absmax.device
-        if self._absmax is not None and self._absmax.shape != other._absmax.shape:
-            raise ValueError(f"cannot merge {self._absmax.shape[0]} channels with {other._absmax.shape[0]}")
-        theirs = other._absmax.to(dev)
-        self._absmax = theirs.clone() if self._absmax is None else torch.maximum(self._absmax, theirs)
-        self._nonfinite = self._nonfinite.to(dev) + other._nonfinite.to(dev)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """State as CPU tensors for safetensors; raises :class:`EmptyObserverError` when nothing was collected."""
-        return {"absmax": self.compute().cpu(), "nonfinite": self._nonfinite.cpu().clone()}
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        state: Mapping[str, Tensor],
-        *,
-        on_nonfinite: OnNonFinite = "count",
-        device: torch.device | str | None = None,
-    ) -> PerChannelAbsMax:
-        """Rebuild from :meth:`state_dict` output."""
-        if "absmax" not in state:
-            raise ValueError("PerChannelAbsMax state is missing 'absmax'")
-        obs = cls(on_nonfinite=on_nonfinite)
-        obs._absmax = state["absmax"].to(torch.float32).reshape(-1).clone()
-        obs._nonfinite = state.get("nonfinite", torch.zeros((), dtype=torch.int64)).to(torch.int64).reshape(()).clone()
-        if device is not None:
-            obs._absmax, obs._nonfinite = obs._absmax.to(device), obs._nonfinite.to(device)
-        return obs

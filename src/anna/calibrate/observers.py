@@ -1,7 +1,7 @@
 """The observers of one calibration: a StreamingHistogram per (unit, activation) and a per-channel absmax per weight.
 
 Follows the observer protocol of DESIGN.md: `collect`, then `compute`, then `reset`. State is a flat dict of CPU
-tensors (the stacked histograms `hist/FIELD`, `weight/UNIT/WEIGHT`) for safetensors, so a run can be checkpointed
+tensors (the stacked histograms `hist/FIELD`) for safetensors, so a run can be checkpointed
 and resumed.
 """
 
@@ -12,21 +12,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from anna.calibrate.histogram import (
     ActStats,
-    PerChannelAbsMax,
     StreamingHistogram,
     stack_states,
     stats_from_state,
     unstack_states,
 )
 from anna.errors import AnnaError
-from anna.inventory import ACTIVATIONS, quantized_weights
+from anna.inventory import ACTIVATIONS
 
 HIST = "hist"
-WEIGHT = "weight"
 
 
 @dataclass(frozen=True)
@@ -246,7 +244,18 @@ class UnitObservers:
         nonfinite_first: Mapping[str, int] | None = None,
     ) -> None:
         """Restore histograms (and the bookkeeping) saved by `state_dict`."""
-        loaded = histograms_from_state(state)
+        if f"{HIST}/keys" not in state:
+            raise AnnaError("calibration state has no histogram keys (hist/keys)")
+        try:
+            keys = json.loads(state[f"{HIST}/keys"].numpy().tobytes())
+            hists = unstack_states(_stacked_fields(state)) if keys else []
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AnnaError(f"calibration histogram state is damaged: {e}") from None
+        if len(keys) != len(hists):
+            raise AnnaError(f"calibration state names {len(keys)} histograms but holds {len(hists)}")
+        loaded: dict[str, dict[str, StreamingHistogram]] = {}
+        for (unit, act), hist in zip(keys, hists, strict=True):
+            loaded.setdefault(unit, {})[act] = hist
         for unit, act in self.hists:
             if act not in loaded.get(unit, {}):
                 raise AnnaError(f"calibration checkpoint has no histogram for {unit} {act}")
@@ -266,34 +275,6 @@ class UnitObservers:
         }
 
 
-def weight_absmax(units: Sequence[tuple[str, nn.Module]]) -> dict[str, Tensor]:
-    """Per-output-channel absmax of every quantized weight, keyed `weight/UNIT/WEIGHT`."""
-    out: dict[str, Tensor] = {}
-    for name, module in units:
-        for wname, w in quantized_weights(module):
-            obs = PerChannelAbsMax()
-            obs.collect(w.detach())
-            out[f"{WEIGHT}/{name}/{wname}"] = obs.compute().cpu()
-    return out
-
-
 def _stacked_fields(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The `stack_states` fields of a `UnitObservers.state_dict` (`hist/FIELD`, without the key list)."""
     return {k[len(HIST) + 1 :]: v for k, v in state.items() if k.startswith(HIST + "/") and k != f"{HIST}/keys"}
-
-
-def histograms_from_state(state: Mapping[str, Tensor]) -> dict[str, dict[str, StreamingHistogram]]:
-    """unit -> activation -> histogram, from a `UnitObservers.state_dict` (e.g. stats.safetensors)."""
-    if f"{HIST}/keys" not in state:
-        raise AnnaError("calibration state has no histogram keys (hist/keys)")
-    try:
-        keys = json.loads(state[f"{HIST}/keys"].numpy().tobytes())
-        hists = unstack_states(_stacked_fields(state)) if keys else []
-    except (ValueError, UnicodeDecodeError) as e:
-        raise AnnaError(f"calibration histogram state is damaged: {e}") from None
-    if len(keys) != len(hists):
-        raise AnnaError(f"calibration state names {len(keys)} histograms but holds {len(hists)}")
-    out: dict[str, dict[str, StreamingHistogram]] = {}
-    for (unit, act), hist in zip(keys, hists, strict=True):
-        out.setdefault(unit, {})[act] = hist
-    return out

@@ -12,7 +12,6 @@ from anna.adapters.base import Model
 from anna.artifacts import read_json, read_tensors
 from anna.calibrate import layout
 from anna.calibrate.histogram import ActStats
-from anna.calibrate.observers import WEIGHT
 from anna.calibrate.tree import to_device, unflatten
 from anna.errors import AnnaError
 
@@ -56,17 +55,6 @@ def load_stats(run_dir: str | Path) -> dict[str, dict[str, ActStats]]:
         out[unit] = {
             act: ActStats.from_json(value) for act, value in entry.items() if act != "kind" and isinstance(value, dict)
         }
-    return out
-
-
-def load_weight_absmax(run_dir: str | Path) -> dict[str, dict[str, Tensor]]:
-    """unit -> weight name (relative to the unit, e.g. `to_q.weight`) -> per-output-channel absmax (float32)."""
-    tensors = read_tensors(layout.stats_tensors(run_dir), "calibration tensors")
-    out: dict[str, dict[str, Tensor]] = {}
-    for key, t in tensors.items():
-        if key.startswith(WEIGHT + "/"):
-            unit, _, wname = key[len(WEIGHT) + 1 :].partition("/")
-            out.setdefault(unit, {})[wname] = t
     return out
 
 

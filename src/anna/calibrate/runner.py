@@ -20,7 +20,7 @@ from anna.calibrate import layout
 from anna.calibrate.cache import MB, InputCache, plan_samples
 from anna.calibrate.drivers import BatchDriver, PipelineDriver
 from anna.calibrate.hooks import observe
-from anna.calibrate.observers import HIST, UnitObservers, weight_absmax
+from anna.calibrate.observers import HIST, UnitObservers
 from anna.calibrate.resume import CACHE_PREFIX, load_progress, module_fingerprint, run_hash, save_progress
 from anna.errors import AnnaError
 from anna.inventory import match_patterns, unit_modules
@@ -226,9 +226,7 @@ def _write_results(
             unobserved.append(name)
     nonfinite = [n.to_json() for n in observers.nonfinite()]
     head = {"format_version": FORMAT_VERSION, "model": model_name, "component": component}
-    tensors = weight_absmax([(n, m) for n, _, m in units])
-    tensors.update(hist_state)
-    write_tensors(layout.stats_tensors(run_dir), tensors, metadata={"format_version": str(FORMAT_VERSION)})
+    write_tensors(layout.stats_tensors(run_dir), hist_state, metadata={"format_version": str(FORMAT_VERSION)})
     write_json(layout.stats_json(run_dir), {**head, "units": units_json, "nonfinite": nonfinite})
     write_tensors(layout.inputs_tensors(run_dir), cache.tensors, metadata={"format_version": str(FORMAT_VERSION)})
     write_json(layout.inputs_json(run_dir), {**head, "kind": kind, **cache.to_json()})
