@@ -4,7 +4,7 @@ import torch
 
 import anna.attention as attention
 from anna.attention import set_tap
-from anna.inventory import ACTIVATIONS, unit_modules
+from anna.units import ACTIVATIONS, unit_modules
 
 
 def _unet_inputs():

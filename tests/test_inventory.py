@@ -5,8 +5,9 @@ from torch import nn
 
 from anna.adapters.sdxl_meta import PUBLISHED_FP16_UNITS
 from anna.errors import AnnaError
-from anna.inventory import build_inventory, match_patterns, unit_bytes
+from anna.inventory import build_inventory, match_patterns
 from anna.options import get_option
+from anna.units import unit_bytes
 
 TEN = PUBLISHED_FP16_UNITS
 

@@ -1,4 +1,4 @@
-"""Unit discovery and size accounting in real bytes.
+"""The inventory of a component: its units with their bytes under every option, and the totals (see `anna.units`).
 
 A unit is one `Conv2d`, one attention module (its q/k/v/out linears plus the attention math), or one `Linear`
 outside attention. Every tensor that belongs to no unit (norms, embeddings, stray biases) counts as FP16.
@@ -11,27 +11,10 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from anna.adapters.base import Model
 from anna.errors import AnnaError
-from anna.options.registry import FP16, Storage, get_option, option_names
-
-KINDS = ("conv", "attention", "linear")
-
-# The activation tensors that a quantized unit observes and stores one scale for, by kind. For attention:
-# the hidden states (q input), the context (k/v input; the same tensor in self-attention), the out-projection input,
-# and Q, K, V and the softmax probabilities of the attention math.
-ACTIVATIONS: dict[str, tuple[str, ...]] = {
-    "conv": ("input",),
-    "linear": ("input",),
-    "attention": ("input", "context", "out_in", "q", "k", "v", "p"),
-}
-
-
-def is_attention(module: nn.Module) -> bool:
-    """diffusers `Attention`, and transformers attention blocks (CLIPAttention, BertAttention, ...)."""
-    return type(module).__name__.endswith("Attention") and any(isinstance(m, nn.Linear) for m in module.modules())
+from anna.options.registry import FP16, get_option, option_names
+from anna.units import quantized_weights, tensor_bytes_fp16, unit_bytes, unit_modules
 
 
 @dataclass(frozen=True)
@@ -43,58 +26,6 @@ class UnitInfo:
     params: int
     weights: tuple[str, ...]  # quantized weight tensors, relative to the unit (e.g. "to_q.weight")
     bytes: dict[str, int] = field(hash=False)
-
-
-def unit_modules(component: nn.Module) -> list[tuple[str, str, nn.Module]]:
-    """(name, kind, module) for every unit, in module order. The outermost attention module wins."""
-    units: list[tuple[str, str, nn.Module]] = []
-    inside: list[str] = []
-    for name, module in component.named_modules():
-        if any(name.startswith(p + ".") for p in inside):
-            continue
-        if is_attention(module):
-            units.append((name, "attention", module))
-            inside.append(name)
-        elif isinstance(module, nn.Conv2d):
-            units.append((name, "conv", module))
-        elif isinstance(module, nn.Linear):
-            units.append((name, "linear", module))
-    return units
-
-
-def quantized_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The Linear/Conv2d weights inside a unit, relative names."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        return [("weight", module.weight)]
-    return [
-        (f"{n}.weight" if n else "weight", m.weight)
-        for n, m in module.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d))
-    ]
-
-
-def unit_bytes(module: nn.Module, kind: str, storage: Storage | None) -> int:
-    """Real bytes of one unit under a storage scheme (None: FP16)."""
-    total_params = sum(p.numel() for p in module.parameters())
-    if storage is None:
-        return 2 * total_params
-    weights = quantized_weights(module)
-    n_weight = sum(w.numel() for _, w in weights)
-    n_channels = sum(w.shape[0] for _, w in weights)
-    return (
-        storage.weight_bytes * n_weight
-        + storage.channel_bytes * n_channels
-        + 2 * (total_params - n_weight)
-        + storage.activation_bytes * len(ACTIVATIONS[kind])
-    )
-
-
-def tensor_bytes_fp16(component: nn.Module) -> int:
-    """Every tensor of the component in FP16: floating parameters and buffers at 2 bytes, others at their size."""
-    total = 0
-    for t in list(component.parameters()) + list(component.buffers()):
-        total += t.numel() * (2 if t.is_floating_point() else t.element_size())
-    return total
 
 
 def match_patterns(names: Sequence[str], patterns: Iterable[str], what: str = "pattern") -> set[str]:

@@ -1,4 +1,4 @@
-"""StreamingHistogram / PerChannelAbsMax: percentiles within one bin of torch.quantile, exact extremes, fixed memory."""
+"""StreamingHistogram: percentiles within one bin of torch.quantile, exact extremes, fixed memory."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file
 from anna.calibrate import histogram as histogram_module
 from anna.calibrate.histogram import (
     PERCENTILES,
-    ActStats,
     EmptyObserverError,
     NonFiniteActivation,
     StreamingHistogram,
@@ -20,6 +19,7 @@ from anna.calibrate.histogram import (
     stats_from_state,
     unstack_states,
 )
+from anna.stats import ActStats
 
 QS = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
 SEEDS = (0, 1, 2)

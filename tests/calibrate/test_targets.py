@@ -9,7 +9,7 @@ import torch
 
 from anna.adapters import GenerationSettings
 from anna.calibrate import calibrate, load_cached_inputs, load_run, load_stats, run_component
-from anna.inventory import ACTIVATIONS, unit_modules
+from anna.units import ACTIVATIONS, unit_modules
 
 SETTINGS = GenerationSettings(steps=2, guidance=5.0, height=64, width=64)
 

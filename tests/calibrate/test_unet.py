@@ -10,7 +10,7 @@ import torch
 from anna.calibrate import load_cached_inputs, load_run, load_stats, run_component
 from anna.calibrate.histogram import PERCENTILES
 from anna.generate import generate_images
-from anna.inventory import ACTIVATIONS, unit_modules
+from anna.units import ACTIVATIONS, unit_modules
 
 PCT_KEYS = [str(p) for p in PERCENTILES]
 

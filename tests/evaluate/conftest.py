@@ -63,11 +63,11 @@ def fid_script(tmp_path_factory) -> Path:
 def make_checkpoint(out: Path, kinds: tuple[str, ...], option: str = "fp8-absmax", absmax: float = 6.0) -> Path:
     """A tiny-sdxl UNet checkpoint with every unit of `kinds` quantized (hand-made activation ranges)."""
     from anna.adapters import load_model
-    from anna.calibrate.histogram import ActStats
     from anna.export.checkpoint import save_checkpoint
     from anna.inventory import build_inventory
     from anna.options.apply import apply
     from anna.plan import make_plan
+    from anna.stats import ActStats
 
     model = load_model("tiny-sdxl")
     inv = build_inventory(model, "unet")

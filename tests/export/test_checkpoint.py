@@ -25,10 +25,11 @@ from anna.export.checkpoint import (
     save_checkpoint,
 )
 from anna.export.formats import FORMATS, exporter
-from anna.inventory import build_inventory, unit_modules
+from anna.inventory import build_inventory
 from anna.options.apply import apply
 from anna.options.quant import FP8_DTYPE
 from anna.plan import make_plan
+from anna.units import unit_modules
 
 
 class Small(nn.Module):

@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from anna.calibrate.histogram import ActStats, StreamingHistogram
+from anna.calibrate.histogram import StreamingHistogram
 from anna.errors import AnnaError
 from anna.options import get_option
 from anna.options.apply import apply
 from anna.options.quant import FP8_DTYPE, scaled_mm_available, sqnr_db
 from anna.options.wrappers import QuantLinear, set_fp8_matmul, unit_option
+from anna.stats import ActStats
 
 
 def _act_stats(x: torch.Tensor) -> ActStats:

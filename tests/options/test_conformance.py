@@ -16,12 +16,13 @@ from anna.adapters import from_module
 from anna.calibrate.hooks import observe
 from anna.calibrate.observers import UnitObservers
 from anna.export.checkpoint import TENSORS_FILE, load_checkpoint_into, safetensors_header_bytes, save_checkpoint
-from anna.inventory import ACTIVATIONS, build_inventory, unit_bytes, unit_modules
+from anna.inventory import build_inventory
 from anna.options import FP16, get_option, option_names
 from anna.options.apply import apply
 from anna.options.quant import FP8_DTYPE, sqnr_db
 from anna.options.wrappers import unit_option
 from anna.plan import make_plan
+from anna.units import ACTIVATIONS, unit_bytes, unit_modules
 
 QUANT_OPTIONS = [n for n in option_names() if n != FP16]
 

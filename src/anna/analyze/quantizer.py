@@ -10,10 +10,10 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
 from anna.options.handle import QuantHandle
 from anna.options.registry import FP16
+from anna.stats import ActStats
 
 
 class UnitQuantizer:

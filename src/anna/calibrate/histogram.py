@@ -42,13 +42,13 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from anna.errors import AnnaError
+from anna.stats import ActStats
 
 __all__ = [
     "PERCENTILES",
@@ -78,41 +78,6 @@ class NonFiniteActivation(AnnaError, ValueError):
 
 class EmptyObserverError(RuntimeError):
     """``compute()`` was called on an observer that has collected no finite value."""
-
-
-@dataclass(frozen=True)
-class ActStats:
-    """Statistics of every finite activation value an observer saw."""
-
-    min: float
-    max: float
-    absmax: float
-    percentiles: dict[str, float] = field(default_factory=dict)
-    count: int = 0
-    nonfinite: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: min, max, absmax, percentiles {"1".."99"}, count, nonfinite."""
-        return {
-            "min": self.min,
-            "max": self.max,
-            "absmax": self.absmax,
-            "percentiles": dict(self.percentiles),
-            "count": self.count,
-            "nonfinite": self.nonfinite,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ActStats:
-        """Inverse of :meth:`to_json`."""
-        return cls(
-            min=float(data["min"]),
-            max=float(data["max"]),
-            absmax=float(data["absmax"]),
-            percentiles={str(k): float(v) for k, v in data["percentiles"].items()},
-            count=int(data.get("count", 0)),
-            nonfinite=int(data.get("nonfinite", 0)),
-        )
 
 
 def _check_mode(on_nonfinite: str) -> None:

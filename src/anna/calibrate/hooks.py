@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from anna.attention import MAX_SCORE_ELEMENTS, Tap, attention_scale, set_tap, split_heads
 from anna.calibrate.observers import UnitObservers
-from anna.inventory import ACTIVATIONS
+from anna.units import ACTIVATIONS
 
 # diffusers processors whose math is the tapped processor's (TappedAttnProcessor) up to the fused attention call
 _STANDARD_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 
 from anna.calibrate.histogram import (
-    ActStats,
     StreamingHistogram,
     stack_states,
     stats_from_state,
     unstack_states,
 )
 from anna.errors import AnnaError
-from anna.inventory import ACTIVATIONS
+from anna.stats import ActStats
+from anna.units import ACTIVATIONS
 
 HIST = "hist"
 

@@ -11,9 +11,9 @@ from torch import Tensor
 from anna.adapters.base import Model
 from anna.artifacts import read_json, read_tensors
 from anna.calibrate import layout
-from anna.calibrate.histogram import ActStats
 from anna.calibrate.tree import to_device, unflatten
 from anna.errors import AnnaError
+from anna.stats import ActStats
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from anna.calibrate.hooks import observe
 from anna.calibrate.observers import HIST, UnitObservers
 from anna.calibrate.resume import CACHE_PREFIX, load_progress, module_fingerprint, run_hash, save_progress
 from anna.errors import AnnaError
-from anna.inventory import match_patterns, unit_modules
+from anna.inventory import match_patterns
+from anna.units import unit_modules
 
 
 def select_units(

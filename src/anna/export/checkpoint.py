@@ -9,7 +9,7 @@ Layout of ``model.safetensors`` (keys are the component's tensor names):
 - every other tensor of the component (FP16 units, norms, embeddings, buffers) in FP16; integer buffers as they are.
 
 The tensor bytes (the file size minus the safetensors header) therefore equal the plan's predicted ``bytes``
-(``inventory.unit_bytes``) exactly. ``plan.json`` is the plan plus ``model_spec`` and ``component``. Loading never
+(``units.unit_bytes``) exactly. ``plan.json`` is the plan plus ``model_spec`` and ``component``. Loading never
 unpickles: safetensors and JSON only.
 """
 

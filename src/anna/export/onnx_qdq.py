@@ -45,9 +45,9 @@ from anna.export.onnx_export import (
 )
 from anna.export.onnx_prep import MASK_FILL, preprocess
 from anna.export.onnx_quant import QDQSettings, quantize_graph
-from anna.inventory import unit_modules
 from anna.options.registry import FP16
 from anna.plan import Plan
+from anna.units import unit_modules
 
 MANIFEST = "onnx_manifest.json"
 FORMAT = "anna-onnx"

@@ -9,13 +9,13 @@ from anna.options.registry import (
     FP16,
     Option,
     QuantOption,
-    Storage,
     get_option,
     option_names,
     parse_bag,
     quant_option,
     register_option,
 )
+from anna.units import Storage
 
 __all__ = [
     "DEFAULT_BAG",

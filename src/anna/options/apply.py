@@ -12,13 +12,13 @@ from typing import Any
 
 from torch import nn
 
-from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
-from anna.inventory import unit_bytes, unit_modules
 from anna.options.handle import QuantHandle
 from anna.options.registry import FP16, get_option, quant_option
 from anna.options.wrappers import unit_option
 from anna.plan import Plan
+from anna.stats import ActStats
+from anna.units import unit_bytes, unit_modules
 
 UnitStats = Mapping[str, ActStats]
 

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
-from anna.inventory import ACTIVATIONS
 from anna.options.schemes import Scheme
 from anna.options.wrappers import build_quantized_unit, quantize_unit_state
+from anna.stats import ActStats
+from anna.units import ACTIVATIONS
 
 # Activations that keep their full calibrated range under every option: the softmax probabilities lie in [0, 1] and
 # their largest values carry the attention; clipping them to a percentile (p90 of a softmax is tiny) destroys it.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
 from anna.options.base import QuantizingOption
-from anna.options.registry import Storage, register_option
+from anna.options.registry import register_option
 from anna.options.schemes import FP8Scheme
+from anna.stats import ActStats
+from anna.units import Storage
 
 # 1 byte per weight; one fp32 scale per output channel; one fp32 scale per activation tensor.
 FP8_STORAGE = Storage(weight_bytes=1, channel_bytes=4, activation_bytes=4)

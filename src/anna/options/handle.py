@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from anna.errors import AnnaError
-from anna.inventory import unit_modules
 from anna.options.registry import FP16, quant_option
 from anna.options.wrappers import unit_option
+from anna.units import unit_modules
 
 # A transformers attention unit is switched to anna's attention function through its model's config (shared by every
 # layer): a copy of the unit keeps sharing it, and undo restores these settings.

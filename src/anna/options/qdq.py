@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anna.calibrate.histogram import ActStats
 from anna.options.base import QuantizingOption
-from anna.options.registry import Storage, register_option
+from anna.options.registry import register_option
 from anna.options.schemes import UIntScheme
+from anna.stats import ActStats
+from anna.units import Storage
 
 # 1 byte per weight; per output channel an fp32 scale and a uint8 zero point; per activation an fp32 scale and a
 # uint16 zero point.

@@ -13,24 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from anna.errors import AnnaError
+from anna.units import Storage
 
 FP16 = "fp16"
 DEFAULT_BAG = ("fp16", "fp8-absmax", "fp8-conservative", "fp8-moderate", "fp8-aggressive")
 _BUILTIN_MODULES = ("anna.options.fp8", "anna.options.qdq")
-
-
-@dataclass(frozen=True)
-class Storage:
-    """How a quantized unit is stored, in bytes.
-
-    Every Linear/Conv weight of the unit costs `weight_bytes` per element plus `channel_bytes` per output channel
-    (scale, and zero point where there is one); each quantized activation tensor costs `activation_bytes`. Every
-    other tensor of the unit (biases, norms) stays FP16.
-    """
-
-    weight_bytes: int
-    channel_bytes: int
-    activation_bytes: int
 
 
 @runtime_checkable

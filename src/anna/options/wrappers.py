@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from anna.attention import set_tap
 from anna.errors import AnnaError
-from anna.inventory import ACTIVATIONS, quantized_weights
 from anna.options.quant import fp8_linear, scaled_mm_available
 from anna.options.schemes import Scheme, TensorSpec
+from anna.units import ACTIVATIONS, quantized_weights
 
 OPTION_ATTR = "anna_option"
 """Attribute that marks the root module of a quantized unit with its option name."""
