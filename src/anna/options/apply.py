@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -16,9 +16,11 @@ from anna.errors import AnnaError
 from anna.options.handle import QuantHandle
 from anna.options.registry import FP16, get_option, quant_option
 from anna.options.wrappers import unit_option
-from anna.plan import Plan
 from anna.stats import ActStats
 from anna.units import unit_bytes, unit_modules
+
+if TYPE_CHECKING:
+    from anna.plan import Plan
 
 UnitStats = Mapping[str, ActStats]
 
@@ -84,7 +86,7 @@ class ApplySummary:
 
 
 def _assignment(plan: Plan | Mapping[str, str]) -> dict[str, str]:
-    if isinstance(plan, Plan):
+    if isinstance(getattr(plan, "units", None), Mapping):  # a Plan (anna.plan sits above the options)
         return dict(plan.units)
     if not isinstance(plan, Mapping):
         raise AnnaError(f"a plan must be a Plan or a mapping of unit -> option, not {type(plan).__name__}")
