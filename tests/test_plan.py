@@ -36,3 +36,34 @@ def test_bad_plans(sdxl_model, tiny, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(AnnaError, match="not valid JSON"):
         load_plan(bad, inv)
+
+
+def test_typed_plan_reads_checks_and_is_frozen(sdxl_model, tiny, tmp_path):
+    import dataclasses
+
+    from anna.plan import Plan
+
+    inv = build_inventory(sdxl_model, "unet")
+    plan = make_plan(inv, {"conv_in": "fp8-moderate"}, budget=0.9)
+    path = plan.save(tmp_path / "p.json")
+    back = Plan.read(path)  # no inventory needed to read it
+    assert back == plan and back.check(inv) is back
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        back.bytes = 0
+    # "plan names unknown units" is one check, the same from make_plan, Plan.check and apply
+    from anna.options.apply import apply
+
+    foreign = dataclasses.replace(plan, units={**plan.units, "conv_inn": "fp16"})
+    for call in (lambda: foreign.check(inv), lambda: make_plan(inv, {"conv_inn": "fp16"}),
+                 lambda: apply(sdxl_model.component("unet"), {"conv_inn": "fp16"}, {}, echo=None)):
+        with pytest.raises(AnnaError, match="plan names 1 unit\\(s\\) that .* e.g. 'conv_inn'; closest: conv_in"):
+            call()
+    with pytest.raises(AnnaError, match="not tiny-sdxl/unet"):
+        plan.check(build_inventory(tiny, "unet"))
+    obj = json.loads(path.read_text())
+    for broken, message in ((dict(obj, units=["conv_in"]), "'units' must map"),
+                            ({k: v for k, v in obj.items() if k != "bytes"}, "lacks bytes"),
+                            (dict(obj, size_ratio="big"), "could not convert")):
+        (tmp_path / "bad.json").write_text(json.dumps(broken))
+        with pytest.raises(AnnaError, match=message):
+            Plan.read(tmp_path / "bad.json")

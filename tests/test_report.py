@@ -157,8 +157,9 @@ def test_report_marks_missing_pieces(tmp_path, capsys):
         assert what in text
 
     # plans alone: the predicted points are plotted, the rest noted
-    write_json(tmp_path / "plans" / "size-0.500.json", {"size_ratio": 0.5, "predicted_mse": 2e-3, "units": {}})
-    write_json(tmp_path / "plans" / "size-0.600.json", {"size_ratio": 0.6, "predicted_mse": 1e-3, "units": {}})
+    head = {"model": "m", "component": "unet", "units": {}}
+    write_json(tmp_path / "plans" / "size-0.500.json", {**head, "size_ratio": 0.5, "bytes": 50, "predicted_mse": 2e-3})
+    write_json(tmp_path / "plans" / "size-0.600.json", {**head, "size_ratio": 0.6, "bytes": 60, "predicted_mse": 1e-3})
     doc = parse(build_report(tmp_path))
     assert [alt for alt, _ in doc.images] == ["Pareto front"]
     assert any("showing the plans' predicted MSE" in n for n in doc.na)

@@ -15,10 +15,13 @@ from anna.artifacts import read_json, write_json
 from anna.errors import AnnaError
 from anna.inventory import Inventory
 from anna.options.registry import FP16, get_option
+from anna.units import check_unit_names
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """One option per unit of a component, with the budget it was solved for, its bytes and predicted error."""
+
     model: str
     component: str
     units: dict[str, str]
@@ -49,6 +52,48 @@ class Plan:
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_json())
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], source: str = "plan") -> Plan:
+        """A full plan object (as `to_json` writes it) with its types checked; no inventory needed."""
+        units = obj.get("units")
+        if not isinstance(units, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in units.items()):
+            raise AnnaError(f"{source}: 'units' must map unit names to option names")
+        missing = [k for k in ("model", "component", "bytes", "size_ratio") if obj.get(k) is None]
+        if missing:
+            raise AnnaError(f"{source} lacks {', '.join(missing)} (a short-form plan needs the model: load_plan)")
+        try:
+            return cls(
+                model=str(obj["model"]),
+                component=str(obj["component"]),
+                units=dict(units),
+                bag=[str(o) for o in obj.get("bag") or sorted(set(units.values()))],
+                bytes=int(obj["bytes"]),
+                size_ratio=float(obj["size_ratio"]),
+                budget=None if obj.get("budget") is None else float(obj["budget"]),
+                predicted_mse=None if obj.get("predicted_mse") is None else float(obj["predicted_mse"]),
+                extra={k: v for k, v in obj.items() if k not in _FIELDS},
+            )
+        except (TypeError, ValueError) as e:
+            raise AnnaError(f"{source}: {e}") from None
+
+    @classmethod
+    def read(cls, path: str | Path, what: str = "plan") -> Plan:
+        """A plan file (a run's `plans/*.json` or a checkpoint's `plan.json`), its types checked."""
+        return cls.from_json(read_json(path, what), source=f"{what} {path}")
+
+    def check(self, inventory: Inventory) -> Plan:
+        """This plan fits ``inventory``: same model and component, only units it has, registered options."""
+        if self.model != inventory.model or self.component != inventory.component:
+            raise AnnaError(f"plan is for {self.model}/{self.component}, not {inventory.model}/{inventory.component}")
+        check_unit_names(self.units, inventory.names, f"{inventory.model}/{inventory.component}")
+        for opt in set(self.units.values()):
+            get_option(opt)
+        return self
+
+
+_FIELDS = ("format_version", "model", "component", "bag", "budget", "size_ratio", "bytes", "predicted_mse", "units",
+           "default")
+
 
 def make_plan(
     inventory: Inventory,
@@ -62,12 +107,7 @@ def make_plan(
 ) -> Plan:
     """A full plan from a (partial) assignment; units not named get `default`. Validates names and options."""
     get_option(default)
-    unknown = [n for n in assignment if n not in set(inventory.names)]
-    if unknown:
-        raise AnnaError(
-            f"plan names {len(unknown)} unit(s) that {inventory.model}/{inventory.component} does not have, "
-            f"e.g. '{unknown[0]}': is it a plan for another model?"
-        )
+    check_unit_names(assignment, inventory.names, f"{inventory.model}/{inventory.component}")
     units = {u.name: assignment.get(u.name, default) for u in inventory.units}
     for opt in set(units.values()):
         get_option(opt)

@@ -23,6 +23,7 @@ from typing import Any
 
 from anna.artifacts import read_json
 from anna.errors import AnnaError
+from anna.plan import Plan
 
 REPORT_FILE = "report.html"
 ASSETS_DIR = "report"
@@ -57,9 +58,10 @@ def _num(x: Any) -> float | None:
 def _plans(run: Path, notes: list[str]) -> list[dict[str, Any]]:
     out = []
     for p in sorted((run / "plans").glob("*.json")) if (run / "plans").is_dir() else []:
-        obj = _read_optional(p, "plan", notes)
-        if obj is not None:
-            out.append({**obj, "_path": str(p)})
+        try:
+            out.append({**Plan.read(p).to_json(), "_path": str(p)})
+        except AnnaError as e:
+            notes.append(str(e))
     return out
 
 

@@ -6,9 +6,13 @@ outside attention. The ground floor: imports no stage and no option.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import nn
+
+from anna.errors import AnnaError
 
 KINDS = ("conv", "attention", "linear")
 
@@ -91,3 +95,16 @@ class Storage:
     weight_bytes: int
     channel_bytes: int
     activation_bytes: int
+
+
+def check_unit_names(names: Iterable[str], known: Iterable[str], where: str) -> None:
+    """The one check that a plan names only units that ``where`` has: an ``AnnaError`` naming the first unknown unit,
+    with the closest known names."""
+    known = list(known)
+    have = set(known)
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise AnnaError(f"plan names {len(unknown)} unit(s) that {where} does not have, e.g. '{unknown[0]}'{hint}: "
+                        "is it a plan for another model or component?")

@@ -86,7 +86,8 @@ def test_no_checkpoints_is_an_error():
 def test_selected_json_has_the_fp16_units_of_the_plan(tmp_path, capsys):
     ckpt = tmp_path / "ckpt-55"
     units = {"conv_in": "fp16", "down.0": "fp8-moderate", "mid.attn1": "fp16"}
-    write_json(ckpt / "plan.json", {"model": "m", "component": "unet", "size_ratio": 0.55, "units": units})
+    write_json(ckpt / "plan.json", {"model": "m", "component": "unet", "size_ratio": 0.55, "bytes": 1100,
+                                     "units": units})
     data = metrics(entry(str(ckpt), 0.55, 1, 2.0), entry(str(ckpt), 0.55, 2, 3.0),
                    entry("/c/big", 0.7, 1, 1.0), entry("/c/big", 0.7, 2, 1.0))
     write_json(tmp_path / "eval" / "metrics.json", data)

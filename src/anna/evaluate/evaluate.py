@@ -47,6 +47,7 @@ from anna.evaluate.metrics import (
 )
 from anna.generate import generate_images, save_png
 from anna.options.handle import QuantHandle
+from anna.plan import Plan
 
 METRICS = ("mse", "clip", "fid")
 METRICS_FILE = "metrics.json"
@@ -114,11 +115,8 @@ class CheckpointRef:
     path: Path
     name: str
     kind: str
-    plan: dict[str, Any] | None
-
-    @property
-    def component(self) -> str | None:
-        return (self.plan or {}).get("component")
+    plan: Plan | None
+    component: str | None
 
 
 def checkpoint_kind(path: Path) -> str:
@@ -136,17 +134,19 @@ def describe_checkpoints(paths: Sequence[str | Path]) -> list[CheckpointRef]:
             raise AnnaError(f"checkpoint not found: {p} (expected a folder with model.safetensors and plan.json)")
         path = path.resolve()
         kind = checkpoint_kind(path)
-        plan = read_json(path / "plan.json", "checkpoint plan") if (path / "plan.json").is_file() else None
+        plan = Plan.read(path / "plan.json", "checkpoint plan") if (path / "plan.json").is_file() else None
+        component = None if plan is None else plan.component
         if plan is None and kind == "onnx" and (path / ONNX_MANIFEST).is_file():
             manifest = read_json(path / ONNX_MANIFEST, "ONNX manifest")
-            plan = dict(manifest.get("plan") or {})
-            plan.setdefault("component", manifest.get("run_component"))
+            obj = manifest.get("plan")
+            plan = None if obj is None else Plan.from_json(obj, source=f"ONNX manifest {path / ONNX_MANIFEST}")
+            component = plan.component if plan is not None else manifest.get("run_component")
         base = path.name or "checkpoint"
         name, k = base, 2
         while name in used:
             name, k = f"{base}-{k}", k + 1
         used.add(name)
-        refs.append(CheckpointRef(path, name, kind, plan))
+        refs.append(CheckpointRef(path, name, kind, plan, component))
     return refs
 
 
@@ -453,8 +453,7 @@ def evaluate(
             base = None
             apply_checkpoint(model_q, ref.path, echo=say)
             undo = None
-        plan = ref.plan or {}
-        units = plan.get("units") or {}
+        plan = ref.plan
         for s in steps:
             jobs.set_postfix_str(f"{ref.name}, {s} step(s)")
             settings = replace(defaults, steps=s)
@@ -468,10 +467,10 @@ def evaluate(
                 "kind": ref.kind,
                 "component": ref.component,
                 "steps": s,
-                "size_ratio": plan.get("size_ratio"),
-                "budget": plan.get("budget"),
-                "predicted_mse": plan.get("predicted_mse"),
-                "fp16_units": [u for u, o in units.items() if o == "fp16"] if units else None,
+                "size_ratio": None if plan is None else plan.size_ratio,
+                "budget": None if plan is None else plan.budget,
+                "predicted_mse": None if plan is None else plan.predicted_mse,
+                "fp16_units": plan.fp16_units if plan is not None and plan.units else None,
                 "images": f"{ref.name}/steps-{s}",
                 "generate_seconds": seconds,
             }

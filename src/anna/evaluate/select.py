@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anna.artifacts import read_json, write_json
+from anna.artifacts import write_json
 from anna.errors import AnnaError
 from anna.evaluate.evaluate import METRICS_FILE, load_metrics
+from anna.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -196,11 +197,8 @@ def _plan_units(cand: Candidate) -> tuple[dict[str, str] | None, str | None, str
     """(units, component, note) from the checkpoint's plan.json; falls back to the evaluated entry."""
     path = Path(cand.checkpoint) / "plan.json"
     try:
-        plan = read_json(path, "checkpoint plan")
-        units = plan.get("units")
-        if isinstance(units, dict):
-            return {str(k): str(v) for k, v in units.items()}, plan.get("component"), None
-        return None, plan.get("component"), f"{path} has no 'units'"
+        plan = Plan.read(path, "checkpoint plan")
+        return dict(plan.units), plan.component, None
     except AnnaError as e:
         any_entry = next(iter(cand.entries.values()), {})
         return None, any_entry.get("component"), str(e)

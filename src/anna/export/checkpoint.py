@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,7 @@ def export_checkpoint(run_dir: str | Path, plan_path: str | Path, out_dir: str |
     spec = run["model"]
     plan_path = _resolve_plan_path(run_dir, plan_path)
     plan = load_plan(plan_path, build_inventory(model, component))
-    plan.extra.pop("inputs", None)
+    plan = replace(plan, extra={k: v for k, v in plan.extra.items() if k != "inputs"})
     stats = calibrate.load_stats(run_dir)
     comp = model.component(component)
     with QuantHandle(comp, reversible=given) as handle:

@@ -5,7 +5,6 @@ Goes through the registry only; no concrete option is imported here.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from anna.options.handle import QuantHandle
 from anna.options.registry import FP16, get_option, quant_option
 from anna.options.wrappers import unit_option
 from anna.stats import ActStats
-from anna.units import unit_bytes, unit_modules
+from anna.units import check_unit_names, unit_bytes, unit_modules
 
 if TYPE_CHECKING:
     from anna.plan import Plan
@@ -119,10 +118,7 @@ def apply(
                 raise AnnaError(f"unit '{name}' is already quantized ({unit_option(component.get_submodule(name))})")
         except AttributeError:
             pass
-        close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        raise AnnaError(f"plan names {len(unknown)} unit(s) that this component does not have, e.g. '{name}'{hint}: "
-                        "is it a plan for another model or component?")
+        check_unit_names(assignment, found, "this component")
     for opt_name in sorted(set(assignment.values())):
         get_option(opt_name)
     to_quantize = [n for n in found if assignment.get(n, FP16) != FP16]
