@@ -85,6 +85,17 @@ def test_a_python_run_continues_from_the_cli(tmp_path, capsys):
     (pa, a), (pb, b) = read_checkpoint(tmp_path / "api-ck"), read_checkpoint(tmp_path / "cli-ck")
     assert pa["units"] == pb["units"] and list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
+    # a sweep whose lower budgets lie below the smallest plan runs the feasible ones and names the skipped ones
+    capsys.readouterr()
+    main(["search", "--run", str(run), "--sizes", "0.50:0.95:0.05", "--no-baselines", "--no-measure"])
+    front = json.loads((run / "front.json").read_text())
+    done, skipped = [p["budget"] for p in front["points"]], front["skipped"]
+    assert skipped and done and sorted(done + skipped) == [round(0.5 + k * 0.05, 2) for k in range(10)]
+    assert max(skipped) < min(done) and f"skipped {len(skipped)} infeasible budget(s) 0.5, " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # a single infeasible budget stays an error
+        main(["search", "--run", str(run), "--size", str(max(skipped))])
+    assert e.value.code == 2 and "infeasible: the smallest plan of this bag is" in capsys.readouterr().err
+
 
 def test_a_python_run_of_a_module_says_what_to_pass(tmp_path, capsys):
     torch.manual_seed(0)

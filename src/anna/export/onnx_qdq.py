@@ -4,8 +4,9 @@ Per component: export FP32 with fixed shapes (`onnx_export`), preprocess (`onnx_
 fill), then static QDQ quantization (`onnx_quant`: QUInt8 weights per channel, QUInt16 activations, MinMax) on real
 inputs. The run's own component calibrates on the inputs that calibration cached; the other components' inputs are
 captured by running the pipeline on the run's prompts with calibration's own driver (`anna.calibrate.drivers`).
-A plan drives the run's component: the nodes of its FP16 units are excluded from quantization. Components without a
-plan are fully quantized (unless listed in `float_components`). The folder is marked by `onnx_manifest.json`.
+A plan drives the run's component: the nodes of its FP16 units are excluded from quantization; a plan that uses an
+option ONNX QDQ cannot express (anything but `fp16` and `qdq-u8u16`) is refused. Components without a plan are
+fully quantized (unless listed in `float_components`). The folder is marked by `onnx_manifest.json`.
 
 Layout: `OUT/onnx_manifest.json`, `OUT/<component>.onnx` (QDQ, or FP32 for a float component), with
 `OUT/<component>.onnx.data` when weights exceed the external-data threshold, and `OUT/<component>.fp32.onnx` when
@@ -92,6 +93,19 @@ def _plan_exclusions(plan: Plan | None, component: str, proto: Any, module: torc
             "units_without_nodes": [u for u in fp16 if not nodes[u]], "options": options}
 
 
+def check_expressible(plan: Plan | None) -> None:
+    """ONNX QDQ expresses `fp16` (the unit's nodes stay in float) and `qdq-u8u16` only; a plan that uses any other
+    option is refused with the units it names (never exported as something else)."""
+    if plan is None:
+        return
+    other = sorted(set(plan.units.values()) - {FP16, QDQ_OPTION})
+    if other:
+        units = [u for u, o in plan.units.items() if o in other]
+        raise AnnaError(f"ONNX QDQ export cannot express option(s) {', '.join(other)} ({len(units)} unit(s), e.g. "
+                        f"'{units[0]}'): export this plan as safetensors, or search with --bag fp16,{QDQ_OPTION} "
+                        "for a plan ONNX can express")
+
+
 def copy_model(src: Path, dst: Path, threshold: int) -> None:
     """Re-save a model under another name (its external data file is named after the model file)."""
     import onnx
@@ -173,10 +187,7 @@ def export_pipeline_onnx(
         run_component = run_component or plan.component
         if plan.component != run_component:
             raise AnnaError(f"plan is for component '{plan.component}', but the run calibrated '{run_component}'")
-        other = sorted(set(plan.units.values()) - {FP16, QDQ_OPTION})
-        if other:
-            _say(echo, f"note: units planned as {', '.join(other)} are exported as {QDQ_OPTION} (ONNX QDQ); FP16 "
-                       "units stay in float")
+        check_expressible(plan)
     quantized = [c for c in components if c not in float_components]
 
     # Calibration inputs: the run's cache for its component, a pipeline capture for the others.
@@ -328,6 +339,7 @@ def export_generic_onnx(
     batches default to the model's own batches.
     """
     require_onnx()
+    check_expressible(plan)
     if model.forward is None:
         raise AnnaError(f"model {model.name} has no forward function to export")
     component = next(iter(model.components))
