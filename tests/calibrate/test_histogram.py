@@ -10,15 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from anna.calibrate import histogram as histogram_module
-from anna.calibrate.histogram import (
-    PERCENTILES,
-    EmptyObserverError,
-    NonFiniteActivation,
-    StreamingHistogram,
-    stack_states,
-    stats_from_state,
-    unstack_states,
-)
+from anna.calibrate.hist_stack import stack_states, stats_from_state, unstack_states
+from anna.calibrate.histogram import PERCENTILES, EmptyObserverError, NonFiniteActivation, StreamingHistogram
 from anna.stats import ActStats
 
 QS = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)

@@ -35,31 +35,41 @@ Design: a log-magnitude histogram on the float32 bit pattern with a sliding expo
 
 Non-finite values (NaN, +-Inf) never enter the histogram or min/max: they are counted (``nonfinite``), or with
 ``on_nonfinite="raise"`` rejected with :class:`NonFiniteActivation` before any state changes (one sync per call).
+
+The binning kernels and the bin-edge and quantile arithmetic are in `anna.calibrate.binning`; many histograms at once
+(stacked states, vectorized statistics) in `anna.calibrate.hist_stack`.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from anna.calibrate.binning import (
+    _ABS_MASK,
+    _EMPTY,
+    _INF,
+    _NATIVE_16,
+    _arange,
+    _as_float_tensor,
+    _bin_direct,
+    _bin_table,
+    _check_quantiles,
+    _finite_min_max,
+    _magnitudes,
+    _quantile_rows,
+    _sync_free,
+    _upper_edges,
+)
 from anna.errors import AnnaError
 from anna.stats import ActStats
 
-__all__ = [
-    "PERCENTILES",
-    "ActStats",
-    "EmptyObserverError",
-    "NonFiniteActivation",
-    "StreamingHistogram",
-    "stack_states",
-    "stats_from_state",
-    "unstack_states",
-]
+__all__ = ["PERCENTILES", "EmptyObserverError", "NonFiniteActivation", "StreamingHistogram"]
 
 PERCENTILES: tuple[int, ...] = (1, 5, 10, 90, 95, 99)
 """The percentiles that :meth:`StreamingHistogram.compute` reports, keyed by ``str(p)``."""
@@ -68,8 +78,6 @@ OnNonFinite = Literal["count", "raise"]
 
 _CHUNK = 1 << 24  # elements per binning pass: float32 histc counts stay exact, temporaries stay bounded
 _SMALL = 1 << 18  # below this many elements, bin by bit arithmetic: the 65,536-pattern table costs more
-_ABS_MASK = 0x7FFFFFFF
-_INF = math.inf
 
 
 class NonFiniteActivation(AnnaError, ValueError):
@@ -96,109 +104,6 @@ def _raise_if_nonfinite(x: Tensor) -> None:
         f"{nan + posinf + neginf} of {x.numel()} values are non-finite (NaN: {nan}, +Inf: {posinf}, -Inf: {neginf}) "
         f"in a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     )
-
-
-_NATIVE_16 = (torch.float16, torch.bfloat16)
-_PATTERNS: dict[tuple[torch.dtype, torch.device, int, int], tuple[Tensor, Tensor]] = {}
-_ARANGES: dict[tuple[torch.device, int], Tensor] = {}
-_EMPTY: dict[tuple[torch.device, int], tuple[Tensor, ...]] = {}  # the empty state per (device, bins per sign)
-
-
-def _arange(n: int, device: torch.device) -> Tensor:
-    """Cached int32 ``arange(n)`` on ``device``."""
-    if (device, n) not in _ARANGES:
-        _ARANGES[device, n] = torch.arange(n, dtype=torch.int32, device=device)
-    return _ARANGES[device, n]
-
-
-def _sync_free(device: torch.device) -> bool:
-    """Whether to bin without any host sync (accelerators) rather than with the faster CPU kernels."""
-    return device.type != "cpu"
-
-
-def _heads(x: Tensor) -> Tensor:
-    """Each value's 16-bit head pattern as int32 in [0, 65536): all of an fp16/bf16 value, float32's top 16 bits."""
-    if x.dtype in _NATIVE_16:
-        return x.view(torch.int16).int().bitwise_and_(0xFFFF)
-    return x.view(torch.int32).bitwise_right_shift(16).bitwise_and_(0xFFFF)
-
-
-def _pattern_keys(dtype: torch.dtype, device: torch.device, m: int, half: int) -> tuple[Tensor, Tensor]:
-    """For each of the 65,536 head patterns of ``dtype``: the float32 magnitude key, and the sign's row offset.
-
-    The magnitude key is ``|value|``'s float32 bits shifted right by ``23 - m`` (exponent and top ``m`` mantissa
-    bits; ``>= 255 << m`` for NaN/Inf), the sign offset is ``half + 1`` where the sign bit is set, else 0. A float32
-    value's bin depends on its top 16 bits only, since ``m <= 7``. Cached per (dtype, device, m, half): 512 KB.
-    """
-    cache_key = (dtype, device, m, half)
-    if cache_key not in _PATTERNS:
-        pats = torch.arange(1 << 16, dtype=torch.int64)
-        if dtype in _NATIVE_16:
-            values = torch.where(pats >= 1 << 15, pats - (1 << 16), pats).to(torch.int16).view(dtype).float()
-        else:
-            bits = pats << 16
-            values = torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32).view(torch.float32)
-        bits32 = values.view(torch.int32)
-        key = torch.bitwise_and(bits32, _ABS_MASK).bitwise_right_shift_(23 - m)
-        sign_offset = (bits32 < 0).int() * (half + 1)
-        _PATTERNS[cache_key] = (key.to(device), sign_offset.to(device))
-    return _PATTERNS[cache_key]
-
-
-def _count_bins(idx: Tensor, nbins: int, sync_free: bool) -> Tensor:
-    """int64 counts of the integer-valued ``idx`` over ``[0, nbins)``.
-
-    Accelerators use float32 ``histc``, which sizes its output from its arguments (``bincount`` syncs to read the
-    input's max) and counts exactly for chunks of up to 2^24 elements; the CPU uses ``bincount``, and so does CUDA
-    under ``torch.use_deterministic_algorithms`` (where its ``histc`` raises; the counts are exact either way).
-    """
-    if sync_free and not torch.are_deterministic_algorithms_enabled():
-        return torch.histc(idx.float(), bins=nbins, min=-0.5, max=nbins - 0.5).long()
-    return torch.bincount(idx, minlength=nbins)
-
-
-def _bin_direct(x: Tensor, low_key: Tensor, m: int, half: int, sync_free: bool) -> Tensor:
-    """Counts per bin by bit arithmetic: ``2 * (half + 1)``, rows [positive, negative] x [magnitudes, non-finite]."""
-    bits = x.float().contiguous().view(torch.int32)
-    idx = torch.bitwise_and(bits, _ABS_MASK).bitwise_right_shift_(23 - m)
-    idx.sub_(low_key).clamp_(0, half)
-    idx.add_(bits.bitwise_right_shift(31).bitwise_and_(half + 1))
-    return _count_bins(idx, 2 * (half + 1), sync_free)
-
-
-def _bin_table(x: Tensor, low_key: Tensor, m: int, half: int, sync_free: bool) -> Tensor:
-    """Same counts as :func:`_bin_direct`, through a table over the 65,536 head patterns: fewer passes per element.
-
-    CPU: ``bincount`` over the patterns, then the pattern histogram is folded through the table. Accelerators: the
-    table is gathered per element and the bin indices counted.
-    """
-    key, sign_offset = _pattern_keys(x.dtype, x.device, m, half)
-    table = (key - low_key).clamp_(0, half).add_(sign_offset)
-    heads = _heads(x)
-    nbins = 2 * (half + 1)
-    if sync_free:
-        return _count_bins(table.index_select(0, heads), nbins, sync_free)
-    per_pattern = torch.bincount(heads, minlength=1 << 16)
-    return torch.zeros(nbins, dtype=torch.int64, device=x.device).index_add_(0, table, per_pattern)
-
-
-def _finite_min_max(x: Tensor, sync_free: bool) -> tuple[Tensor, Tensor]:
-    """Exact min and max of ``x``'s finite values (+inf and -inf when it has none), as 0-dim tensors of x's dtype."""
-    if not sync_free:  # one fused pass; the rare non-finite case takes the masked path below
-        lo, hi = torch.aminmax(x)
-        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-            return lo, hi
-    lo = x.nan_to_num(nan=_INF, posinf=_INF, neginf=_INF).amin()
-    hi = x.nan_to_num(nan=-_INF, posinf=-_INF, neginf=-_INF).amax()
-    return lo, hi
-
-
-def _as_float_tensor(x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
-    return x.detach() if x.requires_grad else x
 
 
 class StreamingHistogram:
@@ -463,6 +368,8 @@ class StreamingHistogram:
         qs_t = _check_quantiles(qs)
         if self.count == 0:
             self._raise_empty()
+        from anna.calibrate.hist_stack import stack_states
+
         state = stack_states([self])
         return _quantile_rows(state, qs_t)[0].tolist()
 
@@ -474,130 +381,9 @@ class StreamingHistogram:
 
     def compute(self) -> ActStats:
         """Min, max, absmax (exact) and percentiles 1/5/10/90/95/99 of every finite value collected."""
+        from anna.calibrate.hist_stack import stack_states, stats_from_state
+
         stats = stats_from_state(stack_states([self]))[0]
         if stats is None:
             self._raise_empty()
         return stats
-
-
-# -- many histograms at once: stacked state and vectorized statistics -----------------------------------------------
-
-_ROWS = 8  # histograms per vectorized step of `stats_from_state`: bounds its temporaries to about 1 MB
-
-
-def _magnitudes(keys: Tensor, m: int) -> Tensor:
-    """float64 magnitude at the start of each binning key (0 for keys <= 0, inf past the largest float)."""
-    inside = (keys > 0) & (keys < (255 << m))
-    bits = (keys.clamp(0, (255 << m) - 1) << (23 - m)).to(torch.int32)
-    mags = bits.view(torch.float32).double()
-    mags = torch.where(inside, mags, torch.zeros_like(mags))
-    return torch.where(keys >= (255 << m), torch.full_like(mags, _INF), mags)
-
-
-def _upper_edges(tops: Tensor, m: int, window: int, half: int) -> Tensor:
-    """(N, half) float64 upper edge of every magnitude bin of N windows ending at binades ``tops``."""
-    return _edges_at(tops, m, window, half, half + 1 + torch.arange(half, dtype=torch.int64).expand(len(tops), half))
-
-
-def _edges_at(tops: Tensor, m: int, window: int, half: int, index: Tensor) -> Tensor:
-    """float64 value edges ``index`` (N, K) of N windows in ascending value order: edge ``half`` is 0, edges
-    ``half + 1 + i`` and ``half - 1 - i`` are the upper and lower edges (+-) of magnitude bin ``i``."""
-    low_key = ((tops.to(torch.int64) - window + 1) << m)[:, None]
-    mags = _magnitudes(low_key + (index - half).abs_() - 1, m)
-    mags = torch.where(index == half, torch.zeros_like(mags), mags)
-    return torch.where(index < half, -mags, mags)
-
-
-def _check_quantiles(qs: Iterable[float]) -> Tensor:
-    qs_t = torch.tensor(list(qs), dtype=torch.float64)
-    if ((qs_t < 0) | (qs_t > 1)).any():
-        raise ValueError(f"quantiles must be in [0, 1], got {qs_t.tolist()}")
-    return qs_t
-
-
-def _quantile_rows(state: Mapping[str, Tensor], qs: Tensor) -> Tensor:
-    """(N, Q) quantile estimates of the N histograms in a :func:`stack_states` state (see ``quantiles``; rows
-    that counted nothing give meaningless values).
-
-    The target rank ``q (n - 1)`` is located in the cumulative counts (ascending value order) and interpolated
-    linearly inside its bin, whose edges are clipped to the exact min and max.
-    """
-    counts, m, window = state["counts"], int(state["mantissa_bits"]), int(state["exponent_window"])
-    half = counts.shape[-1]
-    lo, hi = state["min"].double()[:, None], state["max"].double()[:, None]
-    asc = torch.cat([counts[:, 1].flip(-1), counts[:, 0]], 1)
-    cum = asc.cumsum(1)
-    rank = qs[None, :] * (cum[:, -1:] - 1).double()
-    # first bin whose cumulative count exceeds the rank (counts are integers: exceeding floor(rank) is the same)
-    b = torch.searchsorted(cum, rank.floor().long(), right=True).clamp_(max=2 * half - 1)
-    inside = asc.gather(1, b).double()
-    before = cum.gather(1, b).double() - inside
-    frac = ((rank - before + 0.5) / inside).clamp_(0.0, 1.0)
-    left = torch.clamp(_edges_at(state["top"], m, window, half, b), lo, hi)
-    right = torch.clamp(_edges_at(state["top"], m, window, half, b + 1), lo, hi)
-    return torch.clamp(left + frac * (right - left), lo, hi)
-
-
-def stack_states(hists: Sequence[StreamingHistogram]) -> dict[str, Tensor]:
-    """The states of histograms with the same binning as one set of CPU tensors, row ``i`` for ``hists[i]``:
-    ``counts`` (N, 2, H) (int32 where every histogram counted fewer than 2^31 values, else int64),
-    ``top``/``min``/``max``/``nonfinite`` (N,), and the binning as two scalars."""
-    if not hists:
-        raise ValueError("stack_states needs at least one histogram")
-    binning = {(h.mantissa_bits, h.exponent_window) for h in hists}
-    if len(binning) > 1:
-        raise ValueError(f"cannot stack histograms with different binnings {sorted(binning)}")
-    m, window = binning.pop()
-    fits = all(int(h._counts.sum()) < 2**31 for h in hists)  # every bin then fits int32: half the bytes
-    counts = torch.empty((len(hists), *hists[0]._counts.shape), dtype=torch.int32 if fits else torch.int64)
-    for row, h in zip(counts, hists, strict=True):
-        row.copy_(h._counts)
-    return {
-        "counts": counts,
-        "top": torch.stack([h._top.cpu() for h in hists]),
-        "min": torch.stack([h._min.cpu() for h in hists]),
-        "max": torch.stack([h._max.cpu() for h in hists]),
-        "nonfinite": torch.stack([h._nonfinite.cpu() for h in hists]),
-        "mantissa_bits": torch.tensor(m, dtype=torch.int64),
-        "exponent_window": torch.tensor(window, dtype=torch.int64),
-    }
-
-
-def unstack_states(state: Mapping[str, Tensor]) -> list[StreamingHistogram]:
-    """Inverse of :func:`stack_states` (each row is checked as :meth:`StreamingHistogram.from_state_dict` does)."""
-    rows = {"counts", "top", "min", "max", "nonfinite"}
-    missing = (rows | {"mantissa_bits", "exponent_window"}) - set(state)
-    if missing:
-        raise ValueError(f"stacked histogram state is missing {sorted(missing)}")
-    n = len(state["counts"])
-    if any(state[k].shape[:1] != (n,) for k in rows):
-        raise ValueError("stacked histogram state has fields with different numbers of rows")
-    binning = {"mantissa_bits": state["mantissa_bits"], "exponent_window": state["exponent_window"]}
-    return [StreamingHistogram.from_state_dict({**{k: state[k][i] for k in rows}, **binning}) for i in range(n)]
-
-
-def stats_from_state(state: Mapping[str, Tensor]) -> list[ActStats | None]:
-    """The statistics of every row of a :func:`stack_states` state (as ``compute()`` gives them), vectorized in
-    blocks of rows; None for a row that holds no finite value."""
-    qs = torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.float64)
-    mins, maxs, nonfinite = state["min"].tolist(), state["max"].tolist(), state["nonfinite"].tolist()
-    out: list[ActStats | None] = []
-    for start in range(0, len(state["counts"]), _ROWS):
-        block = {k: (v[start : start + _ROWS] if v.ndim else v) for k, v in state.items()}
-        n = dict(enumerate(block["counts"].sum((1, 2)).tolist(), start))
-        for j, pv in enumerate(_quantile_rows(block, qs).tolist(), start):
-            if n[j] == 0:  # the block's arithmetic for this row is meaningless and discarded
-                out.append(None)
-                continue
-            lo, hi = mins[j], maxs[j]
-            out.append(
-                ActStats(
-                    min=lo,
-                    max=hi,
-                    absmax=max(abs(lo), abs(hi)),
-                    percentiles={str(p): v for p, v in zip(PERCENTILES, pv, strict=True)},
-                    count=n[j],
-                    nonfinite=nonfinite[j],
-                )
-            )
-    return out

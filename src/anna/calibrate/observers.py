@@ -14,12 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from anna.calibrate.histogram import (
-    StreamingHistogram,
-    stack_states,
-    stats_from_state,
-    unstack_states,
-)
+from anna.calibrate.hist_stack import stack_states, stats_from_state, unstack_states
+from anna.calibrate.histogram import StreamingHistogram
 from anna.errors import AnnaError
 from anna.stats import ActStats
 from anna.units import ACTIVATIONS
