@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from anna.adapters.base import GenerationSettings, Model
+from anna.adapters.base import Model
 from anna.artifacts import FORMAT_VERSION, read_json, write_json
 from anna.errors import AnnaError
-from anna.evaluate.capture import Capture, capture_calls, load_capture, replay_mse, save_capture
+from anna.evaluate.capture import replay_mse, save_capture
+from anna.evaluate.checkpoints import ORIGINAL, CheckpointRef, apply_checkpoint, describe_checkpoints, load_reversibly
 from anna.evaluate.metrics import (
     DEFAULT_CLIP_MODEL,
     ClipScorer,
@@ -45,15 +46,18 @@ from anna.evaluate.metrics import (
     images_mse,
     load_reference_folder,
 )
-from anna.generate import generate_images, save_png
-from anna.options.handle import QuantHandle
-from anna.plan import Plan
+from anna.evaluate.originals import (
+    CACHE_FILE,
+    _generate_originals,
+    _load_cached,
+    _Originals,
+    _save_images,
+    _settings_json,
+)
+from anna.generate import generate_images
 
 METRICS = ("mse", "clip", "fid")
 METRICS_FILE = "metrics.json"
-ORIGINAL = "original"
-CACHE_FILE = "cache.json"
-ONNX_MANIFEST = "onnx_manifest.json"  # the marker of an ONNX export folder (anna.export.onnx_qdq.MANIFEST)
 
 # The published SDXL-Turbo study: calibration prompts are COCO caption rows 1-50, test prompts rows 1-100.
 PUBLISHED_CALIBRATION_ROWS = (1, 50)
@@ -103,156 +107,6 @@ def parse_steps(spec: str | Sequence[int]) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values) or len(set(values)) != len(values):
         raise AnnaError(f"bad --steps '{spec}': use distinct positive integers, e.g. 1,2")
     return tuple(values)
-
-
-# Checkpoints
-
-
-@dataclass(frozen=True)
-class CheckpointRef:
-    """A checkpoint folder to evaluate: its folder name for the images, its kind and its plan (when it has one)."""
-
-    path: Path
-    name: str
-    kind: str
-    plan: Plan | None
-    component: str | None
-
-
-def checkpoint_kind(path: Path) -> str:
-    """`onnx` for an ONNX export folder (it holds `onnx_manifest.json`), else `safetensors`."""
-    return "onnx" if (path / ONNX_MANIFEST).is_file() else "safetensors"
-
-
-def describe_checkpoints(paths: Sequence[str | Path]) -> list[CheckpointRef]:
-    """Validate checkpoint folders and give each a distinct image-folder name (its own name when free)."""
-    refs: list[CheckpointRef] = []
-    used = {ORIGINAL}
-    for p in paths:
-        path = Path(p).expanduser()
-        if not path.is_dir():
-            raise AnnaError(f"checkpoint not found: {p} (expected a folder with model.safetensors and plan.json)")
-        path = path.resolve()
-        kind = checkpoint_kind(path)
-        plan = Plan.read(path / "plan.json", "checkpoint plan") if (path / "plan.json").is_file() else None
-        component = None if plan is None else plan.component
-        if plan is None and kind == "onnx" and (path / ONNX_MANIFEST).is_file():
-            manifest = read_json(path / ONNX_MANIFEST, "ONNX manifest")
-            obj = manifest.get("plan")
-            plan = None if obj is None else Plan.from_json(obj, source=f"ONNX manifest {path / ONNX_MANIFEST}")
-            component = plan.component if plan is not None else manifest.get("run_component")
-        base = path.name or "checkpoint"
-        name, k = base, 2
-        while name in used:
-            name, k = f"{base}-{k}", k + 1
-        used.add(name)
-        refs.append(CheckpointRef(path, name, kind, plan, component))
-    return refs
-
-
-def apply_checkpoint(model: Model, path: Path, echo: Echo = print, handle: QuantHandle | None = None) -> None:
-    """Rebuild the model's quantized component from a checkpoint folder (safetensors or ONNX). A safetensors
-    checkpoint goes through ``handle`` when one is given (a reversible handle of the component undoes it)."""
-    if checkpoint_kind(path) == "onnx":
-        try:
-            from anna.export.onnx_runtime import load_onnx_checkpoint_into
-        except ImportError as e:
-            raise AnnaError(f"{path} is an ONNX checkpoint; running it needs the onnx extra "
-                            f"(pip install 'anna[onnx]'): {e}") from None
-        load_onnx_checkpoint_into(model, path, echo=echo)
-        return
-    from anna.export.checkpoint import load_checkpoint_into
-
-    load_checkpoint_into(model, path, echo=echo, handle=handle)
-
-
-def load_reversibly(model: Model, ref: CheckpointRef, echo: Echo = print) -> Callable[[], None]:
-    """Apply a checkpoint to ``model`` and return the function that undoes it (the base model again, exactly)."""
-    if ref.kind == "onnx":  # the ONNX export replaces the pipeline object; the original comes back
-        pipeline = model.pipeline
-        apply_checkpoint(model, ref.path, echo=echo)
-
-        def restore() -> None:
-            model.pipeline = pipeline
-
-        return restore
-    from anna.export.checkpoint import read_checkpoint
-
-    component = read_checkpoint(ref.path)[0].get("component") or model.default_component
-    handle = QuantHandle(model.component(component))
-    try:
-        apply_checkpoint(model, ref.path, echo=echo, handle=handle)
-    except BaseException:
-        handle.undo()
-        raise
-    return handle.undo
-
-
-# Originals
-
-
-@dataclass
-class _Originals:
-    images: list[Image.Image]
-    captures: dict[str, Capture]
-
-
-def _settings_json(settings: GenerationSettings) -> dict[str, Any]:
-    return asdict(settings)
-
-
-def _save_images(images: Sequence[Image.Image], folder: Path, prompts: Sequence[str]) -> None:
-    for stale in folder.glob("[0-9][0-9][0-9][0-9].png"):  # from an earlier run with more prompts
-        if int(stale.stem) >= len(images):
-            stale.unlink()
-    for i, img in enumerate(images):
-        save_png(img, folder / f"{i:04d}.png")
-    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
-
-
-def _load_cached(folder: Path, key: dict[str, Any], components: set[str], n: int) -> _Originals | None:
-    """The cached originals when they were made with the same model, prompts, seed and settings."""
-    if not (folder / CACHE_FILE).is_file():
-        return None
-    try:
-        cached = read_json(folder / CACHE_FILE, "original image cache")
-    except AnnaError:
-        return None
-    if any(cached.get(k) != v for k, v in key.items()) or not components <= set(cached.get("captures", [])):
-        return None
-    paths = [folder / f"{i:04d}.png" for i in range(n)]
-    if not all(p.is_file() for p in paths):
-        return None
-    captures = {}
-    for comp in components:
-        cap = load_capture(folder, comp)
-        if cap is None:
-            return None
-        captures[comp] = cap
-    images = []
-    for p in paths:
-        with Image.open(p) as im:
-            images.append(im.convert("RGB"))
-    return _Originals(images, captures)
-
-
-def _generate_originals(
-    model: Model,
-    prompts: Sequence[str],
-    settings: GenerationSettings,
-    seed: int,
-    components: set[str],
-    calls: int,
-    progress: bool,
-) -> _Originals:
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        caps = {
-            comp: stack.enter_context(capture_calls(model.component(comp), comp, calls, seed)) for comp in components
-        }
-        images = generate_images(model, prompts, settings, seed, progress=progress)
-    return _Originals(images, caps)
 
 
 # Metrics of one image set
