@@ -23,6 +23,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("search",),
     ("export",),
     ("evaluate",),
+    ("report_data",),
+    ("report_plots",),
     ("report",),
     ("run", "api"),
     ("cli", "__init__"),
