@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from anna.artifacts import read_json
+from anna.artifacts import read_json, write_text
 from anna.errors import AnnaError
 
 REPORT_FILE = "report.html"
@@ -492,9 +492,7 @@ def build_report(run_dir: str | Path, *, max_grids: int = 12, out: str | Path | 
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>anna report — {_e(model)}</title>'
            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
     target = Path(out) if out else run / REPORT_FILE
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(target)
+    write_text(target, doc)
     return target
 
 

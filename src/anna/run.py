@@ -95,11 +95,12 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     from anna.evaluate.select import Thresholds, select_to_file
     from anna.export.checkpoint import export_checkpoint
     from anna.report import build_report
-    from anna.search import plan_name, search
+    from anna.search import parse_sizes, plan_name, search
 
     run_dir = Path(cfg.run_dir)
     calib_prompts, test_prompts = _prompts(cfg)
     steps, metrics = parse_steps(cfg.steps), parse_metrics(cfg.metrics)
+    parse_sizes(sizes=cfg.sizes)  # a bad sweep is an error before any stage runs
     timings: dict[str, float] = {}
 
     def stage(name: str) -> None:

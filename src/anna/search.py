@@ -23,6 +23,7 @@ from anna.errors import AnnaError
 from anna.inventory import Inventory
 
 BASELINES = ("uniform", "greedy", "fisher", "random")
+MAX_BUDGETS = 1000  # budgets in one sweep (each one is solved, measured and written)
 
 
 def parse_sizes(size: float | None = None, sizes: str | None = None) -> list[float]:
@@ -32,13 +33,18 @@ def parse_sizes(size: float | None = None, sizes: str | None = None) -> list[flo
     if size is not None:
         values = [size]
     else:
-        m = re.fullmatch(r"\s*([\d.]+)\s*:\s*([\d.]+)\s*:\s*([\d.]+)\s*", sizes or "")
+        number = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*"
+        m = re.fullmatch(f"{number}:{number}:{number}", sizes or "")
         if not m:
             raise AnnaError(f"--sizes must read START:STOP:STEP, e.g. 0.50:0.60:0.01 (got '{sizes}')")
         start, stop, step = (float(g) for g in m.groups())
         if step <= 0 or stop < start:
             raise AnnaError("--sizes needs STEP > 0 and STOP >= START")
-        values = [round(start + k * step, 6) for k in range(int(np.floor((stop - start) / step + 1e-9)) + 1)]
+        count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_BUDGETS:
+            raise AnnaError(f"--sizes {sizes} asks for {count:,} budgets; a sweep has at most {MAX_BUDGETS:,}: "
+                            "use a larger STEP")
+        values = [round(start + k * step, 6) for k in range(count)]
     for v in values:
         if not 0 < v <= 1.5:
             raise AnnaError(f"size ratio {v} is out of range (0, 1.5]")

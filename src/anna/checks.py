@@ -1,0 +1,104 @@
+"""Checks made before any expensive stage starts: output folders that can be written, bounded numbers, a model spec
+that is not a plain file, and the click parameter types that bound the CLI's numbers.
+
+Each check raises a one-line :class:`~anna.errors.AnnaError`; the CLI calls them before loading a model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from anna.errors import AnnaError, describe_os_error
+
+MAX_STEPS = 1000  # sampling steps: the SDXL schedulers train on 1000 timesteps
+MAX_SIDE = 8192  # image height and width in pixels
+MAX_SEED = 2**63 - 2**32  # torch generators take 64-bit seeds; prompt i uses seed + i
+MIN_FREE_BYTES = 16 * 2**20  # a run folder on a disk with less free space is reported before any work
+
+
+class BoundedFloat(click.FloatRange):
+    """A finite float option within [lo, hi]: NaN and infinities are refused (click's FloatRange lets NaN through)."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None) -> None:
+        super().__init__(lo, hi)
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(rv, param, ctx)
+
+
+def writable_folder(path: str | Path, option: str = "--run") -> Path:
+    """Make sure ``path`` is (or can become) a folder that can be written and has some free space; returns it.
+
+    A file in its place, a symbolic link loop, a read-only or full disk and missing permissions are all reported
+    now, in one line, rather than when the first result is written.
+    """
+    p = Path(path).expanduser()
+    try:
+        if p.exists() and not p.is_dir():
+            raise AnnaError(f"{option} {path} is a file, not a folder: give a folder path")
+        os.stat(p.parent)  # a symbolic link loop above it
+        if p.is_symlink() and not p.exists():
+            os.stat(p)  # a loop or a dangling link raises here
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".anna-write-check-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            os.write(fd, b"anna")
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+        free = shutil.disk_usage(p).free
+    except FileExistsError:
+        raise AnnaError(f"{option} {path}: a part of the path is a file, not a folder: give another path") from None
+    except OSError as e:
+        raise AnnaError(f"{option} {path} cannot be written: {describe_os_error(e)}") from None
+    if free < MIN_FREE_BYTES:
+        raise AnnaError(f"{option} {path}: its disk has only {free:,} bytes free: free some space first")
+    return p
+
+
+def model_not_a_file(spec: str) -> None:
+    """A ``--model`` that names an existing file is refused: models are names, hub ids or diffusers folders."""
+    p = Path(spec).expanduser()
+    if p.exists() and not p.is_dir():
+        raise AnnaError(f"--model {spec} is a file, not a folder: give tiny-sdxl, sdxl, a hub id or a local "
+                        "diffusers folder (with model_index.json)")
+
+
+def existing_file(path: str | Path | None, option: str) -> None:
+    """An optional input file that must exist and be a file (not a folder)."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise AnnaError(f"{option} {path} is a folder, not a file")
+    if not p.is_file():
+        raise AnnaError(f"{option} {path} not found")
+
+
+def bounded_steps(steps: Sequence[int], option: str = "--steps") -> tuple[int, ...]:
+    """Sampling steps values within 1..MAX_STEPS (a huge value would exhaust memory in the scheduler)."""
+    for s in steps:
+        if not 1 <= s <= MAX_STEPS:
+            raise AnnaError(f"{option} value {s} is out of range: use 1 to {MAX_STEPS}")
+    return tuple(steps)
+
+
+def checkpoint_folders(paths: Sequence[str | Path]) -> None:
+    """Every ``--checkpoint`` is read (plan, header, sizes; no tensor data) before any image is generated."""
+    from anna.export.checkpoint import verify_checkpoint
+    from anna.export.onnx_runtime import is_onnx_checkpoint
+
+    for p in paths:
+        if Path(p).expanduser().is_dir() and is_onnx_checkpoint(Path(p).expanduser()):
+            continue
+        verify_checkpoint(p)
