@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -95,10 +96,20 @@ def bounded_steps(steps: Sequence[int], option: str = "--steps") -> tuple[int, .
 
 def checkpoint_folders(paths: Sequence[str | Path]) -> None:
     """Every ``--checkpoint`` is read (plan, header, sizes; no tensor data) before any image is generated."""
-    from anna.export.checkpoint import verify_checkpoint
-    from anna.export.onnx_runtime import is_onnx_checkpoint
+    from anna.evaluate.evaluate import describe_checkpoints
 
-    for p in paths:
-        if Path(p).expanduser().is_dir() and is_onnx_checkpoint(Path(p).expanduser()):
-            continue
-        verify_checkpoint(p)
+    describe_checkpoints(paths)
+
+
+def nonfinite_weights(module: Any) -> list[tuple[str, int]]:
+    """``(name, count)`` of every parameter or floating buffer of ``module`` holding NaN or Inf values."""
+    import torch
+
+    found = []
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.is_floating_point() and t.device.type != "meta":
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    found.append((name, bad))
+    return found

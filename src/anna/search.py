@@ -72,6 +72,19 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
     # A unit-option whose trial produced NaN/Inf is never chosen (FP16 always is allowed).
     ok = np.isfinite(em.diag)
     smallest = min_bytes(sizes, base, ok)
+    if budgets[0] < smallest and not ok[:, 1:].any():
+        raise AnnaError(
+            f"every quantized option of every unit gave a non-finite error in analysis ({int((~ok).sum()):,} trials), "
+            "so no plan smaller than FP16 exists: the budget is not the problem; check the calibration warnings "
+            "(non-finite activations or weights) and analysis/error_model.json 'nonfinite'"
+        )
+    if budgets[0] < smallest and budgets[0] >= min_bytes(sizes, base, np.ones_like(ok)):
+        bad = [f"{em.units[i]}:{em.options[j]}" for i, j in zip(*np.nonzero(~ok), strict=True)]
+        raise AnnaError(
+            f"budget {ratios[0]} needs options whose analysis trials gave non-finite errors ({len(bad):,}, e.g. "
+            f"{bad[0]}): they are excluded, and without them the smallest plan is {smallest / total:.4f} of FP16; "
+            "check the calibration warnings (non-finite activations or weights)"
+        )
     if budgets[0] < smallest:
         raise AnnaError(
             f"budget {ratios[0]} is infeasible: the smallest plan of this bag is {smallest / total:.4f} of FP16 "
