@@ -50,6 +50,11 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # os.write names no file: name the artifact
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
