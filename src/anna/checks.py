@@ -36,14 +36,17 @@ class BoundedFloat(click.FloatRange):
         return super().convert(rv, param, ctx)
 
 
-def writable_folder(path: str | Path, option: str = "--run") -> Path:
+def writable_folder(path: str | Path, option: str = "--run", *, create: bool = True) -> Path:
     """Make sure ``path`` is (or can become) a folder that can be written and has some free space; returns it.
 
     A file in its place, a symbolic link loop, a read-only or full disk and missing permissions are all reported
-    now, in one line, rather than when the first result is written.
+    now, in one line, rather than when the first result is written. With ``create=False`` (a stage that reads an
+    existing run) a missing folder is left for the stage to report.
     """
     p = Path(path).expanduser()
     try:
+        if not create and not p.is_symlink() and not p.exists():
+            return p
         if p.exists() and not p.is_dir():
             raise AnnaError(f"{option} {path} is a file, not a folder: give a folder path")
         os.stat(p.parent)  # a symbolic link loop above it

@@ -210,7 +210,7 @@ def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, quiet):
     from anna.analyze.stage import analyze
     from anna.checks import writable_folder
 
-    writable_folder(run_dir)
+    writable_folder(run_dir, create=False)
     analyze(run_dir, bag=bag.split(",") if bag else None, sketch_k=sketch_k, fisher_samples=fisher_samples,
             validate=validate, progress=not quiet, echo=click.echo)
 
@@ -230,7 +230,7 @@ def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, poli
     from anna.search import parse_sizes, search
 
     ratios = parse_sizes(size, sizes)
-    writable_folder(run_dir)
+    writable_folder(run_dir, create=False)
     path = search(run_dir, ratios, measure=not no_measure, baselines=not no_baselines,
                   corrected=not uncorrected, polish=polish, echo=click.echo)
     click.echo(f"wrote {path}")
@@ -305,7 +305,7 @@ def report_cmd(run_dir, max_grids):
     from anna.checks import writable_folder
     from anna.report import build_report
 
-    writable_folder(run_dir)
+    writable_folder(run_dir, create=False)
     click.echo(f"wrote {build_report(run_dir, max_grids=max_grids)}")
 
 
