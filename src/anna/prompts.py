@@ -81,7 +81,7 @@ def _from_tsv(path: Path, text: str, rows: tuple[int, int] | None) -> list[str]:
             raise AnnaError(f"{path} has no 'caption' column (columns: {reader.fieldnames})")
         captions = [(r["caption"] or "").strip() for r in reader]
     except csv.Error as e:
-        raise AnnaError(f"{path} is not a readable TSV (line {reader.line_num}: {e}); fields are at most "
+        raise AnnaError(f"{path} is not a readable TSV (line {reader.line_num + 1}: {e}); fields are at most "
                         f"{MAX_FIELD_CHARS:,} characters") from None
     finally:
         csv.field_size_limit(old)

@@ -40,7 +40,7 @@ def parse_sizes(size: float | None = None, sizes: str | None = None) -> list[flo
         start, stop, step = (float(g) for g in m.groups())
         if step <= 0 or stop < start:
             raise AnnaError("--sizes needs STEP > 0 and STOP >= START")
-        count = int(np.floor((stop - start) / step + 1e-9)) + 1
+        count = int(np.floor((stop - start) / step + 1e-6)) + 1  # 0.999 / 0.001 is 998.99...
         if count > MAX_BUDGETS:
             raise AnnaError(f"--sizes {sizes} asks for {count:,} budgets; a sweep has at most {MAX_BUDGETS:,}: "
                             "use a larger STEP")

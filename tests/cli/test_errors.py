@@ -284,3 +284,46 @@ def test_evaluate_finds_a_truncated_checkpoint_before_generating(tiny_run, promp
                 "--out", tiny_run / "eval", "--metrics", "mse", "--steps", "1"])
     assert_one_line_error(r, f"checkpoint tensors {ck / 'model.safetensors'} are corrupt or truncated")
     assert not (tiny_run / "eval").exists()
+
+
+# The boundary itself
+
+
+def test_a_bug_is_one_line_with_exit_1_unless_asked_for_the_traceback(monkeypatch):
+    import anna.adapters
+
+    def broken(spec):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(anna.adapters, "load_model", broken)
+    r = invoke(["inspect", "--model", "sdxl"])
+    assert_one_line_error(r, "internal error (ZeroDivisionError: division by zero): a bug in anna; rerun with "
+                             "ANNA_TRACEBACK=1", code=1)
+    monkeypatch.setenv("ANNA_TRACEBACK", "1")
+    with pytest.raises(ZeroDivisionError):
+        invoke(["inspect", "--model", "sdxl"])
+
+
+@pytest.mark.parametrize("err, expected", [
+    (OSError(28, "No space left on device", "/r/x.json"), "/r/x.json: the disk is full: free some space, then rerun"),
+    (OSError(30, "Read-only file system", "/r"), "/r: the file system is read-only: give a writable folder"),
+    (OSError(40, "Too many levels of symbolic links", "/a"), "/a: a symbolic link loop"),
+    (OSError(13, "Permission denied", "/p"), "/p: permission denied"),
+    (OSError(5, "Input/output error"), "an input/output error: check the disk"),
+    (OSError(999, "Strange"), "Strange"),
+])
+def test_filesystem_faults_are_one_line_naming_the_path(monkeypatch, err, expected):
+    import anna.adapters
+
+    def fail(spec):
+        raise err
+
+    monkeypatch.setattr(anna.adapters, "load_model", fail)
+    r = invoke(["inspect", "--model", "sdxl"])
+    assert assert_one_line_error(r, expected).startswith(f"error: {expected}")
+
+
+def test_help_and_version_exit_0():
+    for argv in (["--help"], [], ["calibrate", "--help"], ["--version"]):
+        r = invoke(argv)
+        assert r.code == 0 and "Traceback" not in r.err and r.out
