@@ -89,11 +89,13 @@ def existing_file(path: str | Path | None, option: str) -> None:
         raise AnnaError(f"{option} {path} not found")
 
 
-def bounded_steps(steps: Sequence[int], option: str = "--steps") -> tuple[int, ...]:
-    """Sampling steps values within 1..MAX_STEPS (a huge value would exhaust memory in the scheduler)."""
+def bounded_steps(steps: Sequence[int], option: str = "--steps", first: int = 1) -> tuple[int, ...]:
+    """Sampling steps values (or step indices, ``first=0``) within range: a huge value would exhaust memory in the
+    scheduler."""
+    last = MAX_STEPS - 1 + first
     for s in steps:
-        if not 1 <= s <= MAX_STEPS:
-            raise AnnaError(f"{option} value {s} is out of range: use 1 to {MAX_STEPS}")
+        if not first <= s <= last:
+            raise AnnaError(f"{option} value {s} is out of range: use {first} to {last}")
     return tuple(steps)
 
 

@@ -171,7 +171,7 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
             steps_list = [int(s) for s in cache_steps.split(",") if s.strip()]
         except ValueError:
             raise AnnaError(f"--cache-steps must be 'all' or a comma list of integers, not '{cache_steps}'") from None
-        bounded_steps([s + 1 for s in steps_list], "--cache-steps")
+        bounded_steps(steps_list, "--cache-steps", first=0)
     texts = load_prompts(prompts)
     model_not_a_file(model_spec)
     writable_folder(run_dir)

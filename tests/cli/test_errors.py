@@ -99,6 +99,8 @@ def test_run_with_bad_sizes_fails_before_calibrating(tmp_path):
     (["calibrate", "--model", "tiny-sdxl", "--prompts", "{p}", "--run", "{t}/r", "--cache-samples", "-1"],
      "Invalid value for '--cache-samples'"),
     (["analyze", "--run", "{t}/r", "--validate", "10000000000"], "Invalid value for '--validate'"),
+    (["calibrate", "--model", "tiny-sdxl", "--prompts", "{p}", "--run", "{t}/r", "--cache-steps", "0,-5"],
+     "--cache-steps value -5 is out of range: use 0 to 999"),
     (["calibrate", "--model", "tiny-sdxl", "--prompts", "{p}", "--run", "{t}/r", "--nope"], "No such option '--nope'"),
     (["frobnicate"], "No such command 'frobnicate'"),
 ])
