@@ -39,8 +39,8 @@ def test_search_names_non_finite_trials_not_the_budget():
     with pytest.raises(AnnaError) as e:
         _solve_all(_analysis(diag), [0.5])
     msg = str(e.value)
-    assert "needs options whose analysis trials gave non-finite errors (2, e.g. u1:fp8-moderate)" in msg
-    assert "smallest plan is 0.8333 of FP16" in msg
+    assert "budget 0.5 is infeasible only because options whose analysis trials gave non-finite errors are " \
+           "excluded (2, e.g. u1:fp8-moderate): without them the smallest plan is 0.8333 of FP16" in msg
     with pytest.raises(AnnaError, match="every quantized option of every unit gave a non-finite error in analysis "
                                         r"\(3 trials\).*the budget is not the problem"):
         _solve_all(_analysis(np.array([[0.0, np.inf]] * 3)), [0.6])

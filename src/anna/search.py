@@ -81,9 +81,9 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
     if budgets[0] < smallest and budgets[0] >= min_bytes(sizes, base, np.ones_like(ok)):
         bad = [f"{em.units[i]}:{em.options[j]}" for i, j in zip(*np.nonzero(~ok), strict=True)]
         raise AnnaError(
-            f"budget {ratios[0]} needs options whose analysis trials gave non-finite errors ({len(bad):,}, e.g. "
-            f"{bad[0]}): they are excluded, and without them the smallest plan is {smallest / total:.4f} of FP16; "
-            "check the calibration warnings (non-finite activations or weights)"
+            f"budget {ratios[0]} is infeasible only because options whose analysis trials gave non-finite errors "
+            f"are excluded ({len(bad):,}, e.g. {bad[0]}): without them the smallest plan is {smallest / total:.4f} of "
+            "FP16; check the calibration warnings (non-finite activations or weights)"
         )
     if budgets[0] < smallest:
         raise AnnaError(
