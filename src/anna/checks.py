@@ -23,6 +23,19 @@ MAX_SEED = 2**63 - 2**32  # torch generators take 64-bit seeds; prompt i uses se
 MIN_FREE_BYTES = 16 * 2**20  # a run folder on a disk with less free space is reported before any work
 
 
+class ImageSide(click.IntRange):
+    """An image height or width in pixels: 8 to MAX_SIDE, a multiple of 8 (the VAE's downsampling)."""
+
+    def __init__(self) -> None:
+        super().__init__(8, MAX_SIDE)
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        rv = super().convert(value, param, ctx)
+        if rv % 8:
+            self.fail(f"{rv} is not a multiple of 8.", param, ctx)
+        return rv
+
+
 class BoundedFloat(click.FloatRange):
     """A finite float option within [lo, hi]: NaN and infinities are refused (click's FloatRange lets NaN through)."""
 
@@ -49,7 +62,6 @@ def writable_folder(path: str | Path, option: str = "--run", *, create: bool = T
             return p
         if p.exists() and not p.is_dir():
             raise AnnaError(f"{option} {path} is a file, not a folder: give a folder path")
-        os.stat(p.parent)  # a symbolic link loop above it
         if p.is_symlink() and not p.exists():
             os.stat(p)  # a loop or a dangling link raises here
         p.mkdir(parents=True, exist_ok=True)

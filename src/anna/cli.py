@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from anna.checks import MAX_SEED, MAX_SIDE, MAX_STEPS, BoundedFloat
+from anna.checks import MAX_SEED, MAX_STEPS, BoundedFloat, ImageSide
 from anna.errors import INTERRUPTED, AnnaError, describe_os_error
 
 STEPS = click.IntRange(1, MAX_STEPS)
-SIDE = click.IntRange(8, MAX_SIDE)
+SIDE = ImageSide()
 SEED = click.IntRange(0, MAX_SEED)
 COUNT = click.IntRange(0, 100_000)
 POSITIVE = click.IntRange(1, 100_000)

@@ -90,6 +90,8 @@ def test_run_with_bad_sizes_fails_before_calibrating(tmp_path):
      "Invalid value for '--steps': 879518778313 is not in the range 1<=x<=1000"),
     (["generate", "--model", "tiny-sdxl", "--prompts", "{p}", "--out", "{t}/o", "--height", "100000"],
      "Invalid value for '--height'"),
+    (["generate", "--model", "tiny-sdxl", "--prompts", "{p}", "--out", "{t}/o", "--width", "36"],
+     "Invalid value for '--width': 36 is not a multiple of 8"),
     (["evaluate", "--model", "tiny-sdxl", "--prompts", "{p}", "--out", "{t}/o", "--steps", "879518778313"],
      "--steps value 879518778313 is out of range: use 1 to 1000"),
     (["run", "--run", "{t}/r", "--steps", "1,879518778313"], "--steps value 879518778313 is out of range"),
@@ -122,6 +124,16 @@ def test_run_folder_that_is_a_file(tmp_path, prompt_file):
     r = invoke(["run", "--prompts", prompt_file, "--calib", "1", "--test", "1", "--run", f])
     assert_one_line_error(r, f"--run {f} is a file, not a folder")
     assert f.read_text() == "x"
+
+
+def test_missing_parent_folders_are_made(tmp_path, prompt_file):
+    from anna.checks import writable_folder
+
+    assert writable_folder(tmp_path / "a" / "b" / "c").is_dir()
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    r = invoke(["calibrate", "--model", "tiny-sdxl", "--prompts", prompt_file, "--run", loop / "sub"])
+    assert_one_line_error(r, f"--run {loop / 'sub'} cannot be written", "symbolic link loop")
 
 
 def test_run_folder_below_a_file(tmp_path, prompt_file):
@@ -168,7 +180,7 @@ def test_read_only_folder_during_search_names_the_path(monkeypatch, tiny_run):
     """A fault after the up-front check (the disk turned read-only) is one line naming the file, at the boundary."""
     import anna.checks
 
-    monkeypatch.setattr(anna.checks, "writable_folder", lambda path, option="--run": Path(path))
+    monkeypatch.setattr(anna.checks, "writable_folder", lambda path, option="--run", create=True: Path(path))
     _fail_writes_under(monkeypatch, tiny_run / "plans", 30)
     before = (tiny_run / "plans" / "size-0.990.json").read_bytes()
     r = invoke(["search", "--run", tiny_run, "--size", "0.99", "--no-baselines", "--polish", "0"])

@@ -4,7 +4,8 @@ traceback: exit 0 (help, or work done) or one line `error: ...` with exit 2.
 The option names come from each subcommand's own `--help`; their values from the option's click type (its bounds,
 just inside and outside) and from a pool of hostile strings and paths (binary and UTF-16 prompt files, folders, files,
 a symbolic link loop, malformed sweeps and `hf:` specs). Models are never `tiny-sdxl`, so no call starts real work.
-200 examples, derandomized; the counts are printed at the end (`-s`).
+A second, smaller fuzz does real work: tiny-sdxl generations with small random sizes (multiples of 8 or not), steps,
+guidance and seeds. 200 examples in all, derandomized; the counts are printed at the end (`-s`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import re
+from pathlib import Path
 
 import click
 import pytest
@@ -21,8 +23,9 @@ from hypothesis import strategies as st
 
 from anna.cli import cli
 
-EXAMPLES = 200
-COUNTS = {"examples": 0, "tracebacks": 0, "exit_0": 0, "exit_2": 0, "exit_130": 0}
+EXAMPLES = 180  # plus WORK_EXAMPLES real generations: 200 in all
+WORK_EXAMPLES = 20
+COUNTS = {"examples": 0, "tracebacks": 0, "exit_0": 0, "exit_2": 0, "exit_130": 0, "generated": 0}
 STRINGS = ["", " ", "x", "-1", "0", "1", "nan", "inf", "-inf", "1e309", "879518778313", "0.5.1:0.6:0.01", "a:b:c",
            "0.50:0.60:0.01", "0:1.5:0.00001", "hf:foo:abc", "hf:", "1,2", "1,879518778313", "0", "mse,clip", "fid,xyz",
            "éè\u202e", "fp8-moderate,fp7", "fp16", "unet", "vae", "text_encoder_2", "all", "0,5,x", "-h"]
@@ -103,7 +106,8 @@ def places(tmp_path_factory):
                "{binary}": root / "bin.txt", "{utf16}": root / "u16.txt", "{tsv}": root / "c.tsv",
                "{plan}": root / "plan.json", "{loop}": root / "loop", "{fresh}": root / "fresh"}
     print(f"\nfuzz: {COUNTS['examples']} examples, {COUNTS['tracebacks']} tracebacks; exit codes: "
-          f"0: {COUNTS['exit_0']}, 2: {COUNTS['exit_2']}, 130: {COUNTS['exit_130']}")
+          f"0: {COUNTS['exit_0']}, 2: {COUNTS['exit_2']}, 130: {COUNTS['exit_130']}; real generations: "
+          f"{COUNTS['generated']} of {WORK_EXAMPLES}")
 
 
 FRESH = itertools.count()
@@ -120,13 +124,17 @@ def test_no_call_ends_in_a_traceback(places, argv):
         for key, path in places.items():
             a = a.replace(key, fresh if key == "{fresh}" else str(path))
         concrete.append(a)
+    _check(concrete)
+
+
+def _check(concrete: list[str]) -> int:
     COUNTS["examples"] += 1
     try:
         r = invoke(concrete)
     except BaseException:
         COUNTS["tracebacks"] += 1
         raise
-    if "Traceback" in r.out + r.err or r.code not in (0, 2, 130):  # exit 1: a bug, caught at the boundary
+    if "Traceback" in r.out + r.err or r.code not in (0, 2, 130):
         COUNTS["tracebacks"] += 1
     assert "Traceback" not in r.out + r.err, (concrete, r.err)
     assert r.code in (0, 2, 130), (concrete, r.code, r.err)
@@ -134,3 +142,19 @@ def test_no_call_ends_in_a_traceback(places, argv):
     if r.code:
         errors = [line for line in r.err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and r.err.strip().splitlines()[-1] == errors[0], (concrete, r.err)
+    return r.code
+
+
+@settings(max_examples=WORK_EXAMPLES, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(side=st.tuples(*[st.one_of(*[st.sampled_from([8, 16, 24, 32, 64])] * 9, st.integers(-8, 80))] * 2),
+       steps=st.sampled_from([1, 1, 2, 3, 0]), guidance=st.one_of(*[st.floats(0, 20)] * 4, st.floats()),
+       seed=st.one_of(st.integers(0, 2**63), st.integers(0, 2**63), st.integers(-5, 2**64)))
+def test_small_real_generations_never_end_in_a_traceback(places, side, steps, guidance, seed):
+    out = str(places["{fresh}"] / f"gen-{next(FRESH)}")
+    code = _check(["generate", "--model", "tiny-sdxl", "--prompts", str(places["{text}"]), "--out", out, "--height",
+            str(side[0]), "--width", str(side[1]), "--steps", str(steps), "--guidance", str(guidance), "--seed",
+            str(seed)])
+    if code == 0:
+        COUNTS["generated"] += 1
+        assert len(list(Path(out).glob("*.png"))) == 1
