@@ -216,24 +216,29 @@ def test_interrupt_says_how_to_resume(argv, target, monkeypatch, tmp_path, promp
     assert line == "error: interrupted; rerun the same command to resume"
 
 
+@pytest.mark.slow
 def test_real_sigint_during_calibrate(tmp_path, prompt_file):
-    """SIGINT to a real `anna calibrate` in its first seconds: one line, exit 130."""
+    """SIGINT to a real `anna calibrate` once it has started (its run folder exists): one line, exit 130."""
     import signal
     import subprocess
     import sys
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from anna.cli import main; main()", "calibrate", *TINY_CALIBRATE, "--prompts",
-         str(prompt_file), "--run", str(tmp_path / "r")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    time.sleep(3.0)  # inside the library imports or the calibration itself
+    run = tmp_path / "r"
+    argv = ["calibrate", *TINY_CALIBRATE, "--prompts", str(prompt_file), "--run", str(run)]
+    argv[argv.index("--steps") + 1] = "500"  # long enough to be interrupted on any machine
+    proc = subprocess.Popen([sys.executable, "-c", "from anna.cli import main; main()", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.monotonic() + 120
+    while not run.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted; rerun the same command to resume"
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
 
 
 # Plans of the wrong shape (export reads them)
