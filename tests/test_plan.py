@@ -67,3 +67,40 @@ def test_typed_plan_reads_checks_and_is_frozen(sdxl_model, tiny, tmp_path):
         (tmp_path / "bad.json").write_text(json.dumps(broken))
         with pytest.raises(AnnaError, match=message):
             Plan.read(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({}, 'is empty: it names no units and no default option; write {"default": "fp16"}'),
+    ({"units": {}}, "is empty"),
+    ({"units": {"conv_in": ["fp16", "fp8-moderate"]}}, "unit 'conv_in' must name one option (a string such as"),
+    ({"units": {"conv_in": {"option": "fp16"}}}, "unit 'conv_in' must name one option"),
+    ({"units": ["conv_in"]}, "'units' must map unit names to option names, not be a list"),
+    ({"default": "fp16", "bag": "notalist"}, "'bag' must be a list of option names"),
+    ({"default": "fp16", "bag": [1, 2]}, "'bag' must be a list of option names"),
+    ({"default": "fp16", "budget": "abc"}, "'budget' must be a number or null, not 'abc'"),
+    ({"default": "fp16", "budget": True}, "'budget' must be a number or null, not True"),
+    ({"default": "fp16", "budget": 7.0}, "'budget' 7.0 is out of range (0, 1.5]"),
+    ({"default": "fp16", "bytes": [1]}, "'bytes' must be a number or null"),
+    ({"default": 3}, "'default' must be a string, not int"),
+    ({"default": "fp16", "model": {"a": 1}}, "'model' must be a string, not dict"),
+    ({"default": "fp16", "note": json.loads("[" * 17 + "]" * 17)}, "nests lists and objects more than 16 levels deep"),
+])
+def test_plans_of_the_wrong_shape(sdxl_model, tmp_path, obj, message):
+    import re
+
+    inv = build_inventory(sdxl_model, "unet")
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(obj))
+    with pytest.raises(AnnaError, match=re.escape(f"plan {p}") + ".*" + re.escape(message)):
+        load_plan(p, inv)
+
+
+def test_plans_of_the_right_shape_still_load(sdxl_model, tmp_path):
+    inv = build_inventory(sdxl_model, "unet")
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({"default": "fp16", "budget": 0.5, "bag": ["fp16"], "note": {"a": [[1]]}}))
+    plan = load_plan(p, inv)
+    assert plan.fp16_units == inv.names and plan.budget == 0.5 and plan.extra == {"note": {"a": [[1]]}}
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AnnaError, match="nests lists and objects too deeply"):
+        load_plan(p, inv)

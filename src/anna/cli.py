@@ -9,7 +9,17 @@ from pathlib import Path
 
 import click
 
-from anna.errors import AnnaError
+from anna.checks import MAX_SEED, MAX_STEPS, BoundedFloat, ImageSide
+from anna.errors import INTERRUPTED, AnnaError, describe_os_error
+
+STEPS = click.IntRange(1, MAX_STEPS)
+SIDE = ImageSide()
+SEED = click.IntRange(0, MAX_SEED)
+COUNT = click.IntRange(0, 100_000)
+POSITIVE = click.IntRange(1, 100_000)
+GUIDANCE = BoundedFloat(0, 1000)
+NONNEG = BoundedFloat(0)
+FINITE = BoundedFloat()
 
 
 def _quiet_libraries() -> None:
@@ -94,18 +104,23 @@ def inspect(model_spec: str, component: str | None, include: tuple[str, ...], ex
 @click.option("--prompts", required=True, help="Text file, TSV with a caption column (FILE.tsv:A-B) or hf:DATASET[:N].")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
 @click.option("--checkpoint", default=None, help="A quantized checkpoint to generate with.")
-@click.option("--steps", type=int, default=None, help="Sampling steps (model default when omitted).")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
-@click.option("--height", type=int, default=None)
-@click.option("--width", type=int, default=None)
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i.")
+@click.option("--steps", type=STEPS, default=None, help="Sampling steps (model default when omitted).")
+@click.option("--guidance", type=GUIDANCE, default=None, help="Classifier-free guidance scale.")
+@click.option("--height", type=SIDE, default=None)
+@click.option("--width", type=SIDE, default=None)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Prompt i uses seed + i.")
 def generate(model_spec, prompts, out, checkpoint, steps, guidance, height, width, seed):
     """Generate one PNG per prompt. The same seed gives byte-identical files."""
     from anna.adapters import load_model
+    from anna.checks import checkpoint_folders, model_not_a_file, writable_folder
     from anna.generate import generate_to_dir
     from anna.prompts import load_prompts
 
     texts = load_prompts(prompts)
+    model_not_a_file(model_spec)
+    if checkpoint:
+        checkpoint_folders([checkpoint])
+    writable_folder(out, "--out")
     model = load_model(model_spec)
     model.require_weights("generate")
     if checkpoint:
@@ -122,18 +137,20 @@ def generate(model_spec, prompts, out, checkpoint, steps, guidance, height, widt
 @click.option("--prompts", "-p", required=True, help="Text file, TSV with a caption column, or hf:DATASET[:N].")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (one component)")
 @click.option("--component", "-c", default=None, help="unet (default), text_encoder, text_encoder_2 or vae_decoder.")
-@click.option("--steps", type=int, default=None, help="Sampling steps (model default when omitted; SDXL: 20).")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (SDXL: 8.0).")
-@click.option("--height", type=int, default=None, help="Image height in pixels (SDXL: 1024).")
-@click.option("--width", type=int, default=None, help="Image width in pixels (SDXL: 1024).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i, as in generate.")
-@click.option("--cache-samples", type=int, default=8, show_default=True, help="Component inputs kept for later stages.")
+@click.option("--steps", type=STEPS, default=None, help="Sampling steps (model default when omitted; SDXL: 20).")
+@click.option("--guidance", type=GUIDANCE, default=None, help="Classifier-free guidance scale (SDXL: 8.0).")
+@click.option("--height", type=SIDE, default=None, help="Image height in pixels (SDXL: 1024).")
+@click.option("--width", type=SIDE, default=None, help="Image width in pixels (SDXL: 1024).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Prompt i uses seed + i, as in generate.")
+@click.option("--cache-samples", type=COUNT, default=8, show_default=True, help="Component inputs kept for later.")
 @click.option("--cache-steps", default="all", show_default=True, help="Steps to cache inputs at: 'all' or e.g. 0,5,10.")
-@click.option("--cache-mb", type=float, default=None, help="Byte limit of the input cache in MB (none by default).")
+@click.option("--cache-mb", type=NONNEG, default=None, help="Byte limit of the input cache in MB (none by default).")
 @click.option("--include", multiple=True, help="Glob of unit names to observe (repeatable).")
 @click.option("--exclude", multiple=True, help="Glob of unit names to skip (repeatable).")
-@click.option("--checkpoint-seconds", type=float, default=10.0, show_default=True, help="Save interval; 0: per prompt.")
-@click.option("--buffer-mb", type=float, default=32.0, show_default=True, help="Staging of small activations; 0: none.")
+@click.option("--checkpoint-seconds", type=NONNEG, default=10.0, show_default=True,
+              help="Save interval; 0: per prompt.")
+@click.option("--buffer-mb", type=BoundedFloat(0, 2**20), default=32.0,
+              show_default=True, help="Staging of small activations; 0: none.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, height, width, seed, cache_samples,
                   cache_steps, cache_mb, include, exclude, checkpoint_seconds, buffer_mb, quiet):
@@ -145,6 +162,7 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
 
     from anna.adapters import load_model
     from anna.calibrate import calibrate, load_run
+    from anna.checks import bounded_steps, model_not_a_file, writable_folder
     from anna.prompts import load_prompts
 
     steps_list = None
@@ -153,7 +171,10 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
             steps_list = [int(s) for s in cache_steps.split(",") if s.strip()]
         except ValueError:
             raise AnnaError(f"--cache-steps must be 'all' or a comma list of integers, not '{cache_steps}'") from None
+        bounded_steps(steps_list, "--cache-steps", first=0)
     texts = load_prompts(prompts)
+    model_not_a_file(model_spec)
+    writable_folder(run_dir)
     model = load_model(model_spec)
     model.require_weights("calibrate")
     t0 = time.perf_counter()
@@ -177,35 +198,40 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
 @cli.command(name="analyze")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A calibrated run directory.")
 @click.option("--bag", default=None, help="Comma-separated options (default: fp16 + the four FP8 variants).")
-@click.option("--sketch", "sketch_k", type=int, default=None,
+@click.option("--sketch", "sketch_k", type=click.IntRange(0, 65536), default=None,
               help="CountSketch size for the cross terms; 0: exact deltas. Default: exact when they fit in 256 MB, "
               "else 1024.")
-@click.option("--fisher-samples", type=int, default=1, show_default=True, help="Samples for the Fisher baseline.")
-@click.option("--validate", type=int, default=30, show_default=True, help="Random plans to validate on (0: skip).")
+@click.option("--fisher-samples", type=COUNT, default=1, show_default=True, help="Samples for the Fisher baseline.")
+@click.option("--validate", type=COUNT, default=30, show_default=True, help="Random plans to validate on (0: skip).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, quiet):
     """Build the error model: each unit x option's output delta on the cached inputs, the quadratic form with its
     cross terms, and its validation (Spearman, R^2) on random plans. Resumable."""
     from anna.analyze.stage import analyze
+    from anna.checks import writable_folder
 
+    writable_folder(run_dir, create=False)
     analyze(run_dir, bag=bag.split(",") if bag else None, sketch_k=sketch_k, fisher_samples=fisher_samples,
             validate=validate, progress=not quiet, echo=click.echo)
 
 
 @cli.command(name="search")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="An analysed run directory.")
-@click.option("--size", type=float, default=None, help="One budget as a size ratio of FP16, e.g. 0.501.")
+@click.option("--size", type=FINITE, default=None, help="One budget as a size ratio of FP16, e.g. 0.501.")
 @click.option("--sizes", default=None, help="A sweep START:STOP:STEP, e.g. 0.50:0.60:0.01.")
 @click.option("--no-measure", is_flag=True, help="Skip measuring each plan's real MSE on the cached inputs.")
 @click.option("--no-baselines", is_flag=True, help="Skip the uniform/greedy/Fisher/random baselines.")
 @click.option("--uncorrected", is_flag=True, help="Ignore the correction that validation fitted to the error model.")
-@click.option("--polish", type=int, default=8, show_default=True,
+@click.option("--polish", type=COUNT, default=8, show_default=True,
               help="Measured polish: the N most sensitive units of each plan try their other same-size options.")
 def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, polish):
     """Solve for the plan of least predicted MSE under each budget (DP with cross terms): plans/*.json, front.json."""
+    from anna.checks import writable_folder
     from anna.search import parse_sizes, search
 
-    path = search(run_dir, parse_sizes(size, sizes), measure=not no_measure, baselines=not no_baselines,
+    ratios = parse_sizes(size, sizes)
+    writable_folder(run_dir, create=False)
+    path = search(run_dir, ratios, measure=not no_measure, baselines=not no_baselines,
                   corrected=not uncorrected, polish=polish, echo=click.echo)
     click.echo(f"wrote {path}")
 
@@ -216,14 +242,15 @@ def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, poli
 @click.option("--prompts", "-p", required=True, help="Text file, TSV with a caption column (FILE.tsv:A-B), hf:DATASET.")
 @click.option("--metrics", default="mse,clip,fid", show_default=True, help="Any of mse, clip, fid.")
 @click.option("--steps", default=None, help="Comma-separated steps values, e.g. 1,2 (model default when omitted).")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (model default).")
-@click.option("--height", type=int, default=None)
-@click.option("--width", type=int, default=None)
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i, as in generate.")
+@click.option("--guidance", type=GUIDANCE, default=None, help="Classifier-free guidance scale (model default).")
+@click.option("--height", type=SIDE, default=None)
+@click.option("--width", type=SIDE, default=None)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Prompt i uses seed + i, as in generate.")
 @click.option("--clip-model", default="openai/clip-vit-base-patch16", show_default=True, help="CLIP hub id or folder.")
 @click.option("--fid-weights", default=None, help="Inception state dict, or a TorchScript feature extractor file.")
 @click.option("--fid-reference", default=None, type=click.Path(file_okay=False), help="Reference image folder for FID.")
-@click.option("--component-calls", type=int, default=16, show_default=True, help="Component calls kept for its MSE.")
+@click.option("--component-calls", type=POSITIVE, default=16, show_default=True,
+              help="Component calls kept for its MSE.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for metrics.json and PNGs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def evaluate_cmd(model_spec, checkpoints, prompts, metrics, steps, guidance, height, width, seed, clip_model,
@@ -234,15 +261,22 @@ def evaluate_cmd(model_spec, checkpoints, prompts, metrics, steps, guidance, hei
     --prompts ../shared/data/coco2014_val_captions.tsv:1-100 --steps 1,2. A metric that cannot run (no weights
     offline) is null in metrics.json, with the reason beside it.
     """
+    from anna.checks import bounded_steps, checkpoint_folders, existing_file, model_not_a_file, writable_folder
     from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
     from anna.prompts import load_prompts
 
+    texts = load_prompts(prompts)
+    model_not_a_file(model_spec)
+    checkpoint_folders(checkpoints)
+    existing_file(fid_weights, "--fid-weights")
+    writable_folder(out, "--out")
     config = EvalConfig(
-        metrics=parse_metrics(metrics), steps=parse_steps(steps) if steps else None, seed=seed, guidance=guidance,
+        metrics=parse_metrics(metrics), steps=bounded_steps(parse_steps(steps)) if steps else None, seed=seed,
+        guidance=guidance,
         height=height, width=width, clip_model=clip_model, fid_weights=fid_weights, fid_reference=fid_reference,
         component_calls=component_calls,
     )
-    result = evaluate(model_spec, list(checkpoints), load_prompts(prompts), out, config, prompts_spec=prompts,
+    result = evaluate(model_spec, list(checkpoints), texts, out, config, prompts_spec=prompts,
                       echo=print, progress=not quiet)
     click.echo(f"wrote {Path(out) / 'metrics.json'}: {len(result['entries'])} entries, "
                f"{len(result['original'])} original rows")
@@ -250,9 +284,9 @@ def evaluate_cmd(model_spec, checkpoints, prompts, metrics, steps, guidance, hei
 
 @cli.command(name="select")
 @click.option("--eval", "eval_dir", required=True, type=click.Path(), help="Evaluation folder (or its metrics.json).")
-@click.option("--max-fid-increase", type=float, default=None, help="FID(checkpoint) - FID(original) at most this.")
-@click.option("--min-clip-delta", type=float, default=None, help="CLIP(checkpoint) - CLIP(original) at least this.")
-@click.option("--max-mse", type=float, default=None, help="Image MSE vs the original (0-255 scale) at most this.")
+@click.option("--max-fid-increase", type=FINITE, default=None, help="FID(checkpoint) - FID(original) at most this.")
+@click.option("--min-clip-delta", type=FINITE, default=None, help="CLIP(checkpoint) - CLIP(original) at least this.")
+@click.option("--max-mse", type=NONNEG, default=None, help="Image MSE vs the original (0-255 scale) at most this.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write selected.json.")
 def select_cmd(eval_dir, max_fid_increase, min_clip_delta, max_mse, out):
     """Pick the smallest checkpoint that meets every threshold at every evaluated steps value."""
@@ -265,11 +299,13 @@ def select_cmd(eval_dir, max_fid_increase, min_clip_delta, max_mse, out):
 
 @cli.command(name="report")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
-@click.option("--max-grids", type=int, default=12, show_default=True, help="Prompts shown as image grids.")
+@click.option("--max-grids", type=COUNT, default=12, show_default=True, help="Prompts shown as image grids.")
 def report_cmd(run_dir, max_grids):
     """Write RUN/report.html: Pareto plot, predicted vs measured MSE, metrics table, selected plan, image grids."""
+    from anna.checks import writable_folder
     from anna.report import build_report
 
+    writable_folder(run_dir, create=False)
     click.echo(f"wrote {build_report(run_dir, max_grids=max_grids)}")
 
 
@@ -281,8 +317,10 @@ def report_cmd(run_dir, max_grids):
 def export_cmd(run_dir, plan_path, fmt, out):
     """Apply a plan to the run's model with its calibration statistics and write a checkpoint (model.safetensors +
     plan.json for safetensors)."""
+    from anna.checks import writable_folder
     from anna.export.formats import export
 
+    writable_folder(out, "--out")
     export(fmt, run_dir, plan_path, out)
     click.echo(f"wrote {Path(out)}")
 
@@ -291,19 +329,19 @@ def export_cmd(run_dir, plan_path, fmt, out):
 @click.option("--model", "-m", "model_spec", default="tiny-sdxl", show_default=True, help="Model to compress.")
 @click.option("--run", "run_dir", default=None, help="Run directory [default: runs/<model>].")
 @click.option("--prompts", default=None, help="Prompt source (default: anna's built-in prompts).")
-@click.option("--calib", type=int, default=8, show_default=True, help="Calibrate on the first N prompts.")
-@click.option("--test", type=int, default=16, show_default=True,
+@click.option("--calib", type=POSITIVE, default=8, show_default=True, help="Calibrate on the first N prompts.")
+@click.option("--test", type=POSITIVE, default=16, show_default=True,
               help="Evaluate on the first M prompts (the published SDXL-Turbo split is --calib 50 --test 100).")
 @click.option("--component", "-c", default="unet", show_default=True)
 @click.option("--sizes", default="0.50:0.60:0.01", show_default=True, help="Budget sweep START:STOP:STEP.")
 @click.option("--steps", default="1,2", show_default=True, help="Sampling steps to evaluate.")
 @click.option("--metrics", default="mse,clip,fid", show_default=True)
-@click.option("--cache-samples", type=int, default=4, show_default=True, help="Cached component inputs.")
-@click.option("--validate", type=int, default=30, show_default=True, help="Random plans validating the error model.")
-@click.option("--max-mse", type=float, default=30.0, show_default=True,
+@click.option("--cache-samples", type=COUNT, default=4, show_default=True, help="Cached component inputs.")
+@click.option("--validate", type=COUNT, default=30, show_default=True, help="Random plans validating the error model.")
+@click.option("--max-mse", type=NONNEG, default=30.0, show_default=True,
               help="Selection: image MSE (0-255) at most this, at every steps value (30: PSNR >= 33 dB).")
-@click.option("--max-fid-increase", type=float, default=None, help="Selection: FID increase at most this.")
-@click.option("--min-clip-delta", type=float, default=None, help="Selection: CLIP change at least this (e.g. -0.5).")
+@click.option("--max-fid-increase", type=FINITE, default=None, help="Selection: FID increase at most this.")
+@click.option("--min-clip-delta", type=FINITE, default=None, help="Selection: CLIP change at least this (e.g. -0.5).")
 @click.option("--clip-model", default=None, help="CLIP hub id or local folder for the CLIP score.")
 @click.option("--fid-weights", default=None, help="Local Inception weights / feature extractor for FID.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -311,8 +349,20 @@ def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, 
             max_mse, max_fid_increase, min_clip_delta, clip_model, fid_weights, quiet):
     """Every stage in one command: calibrate, analyze, search (a sweep), export, evaluate (1 and 2 steps), select
     and report. With no arguments it runs offline on tiny-sdxl in a few minutes and prints the report's path."""
+    from anna.checks import bounded_steps, existing_file, model_not_a_file, writable_folder
+    from anna.evaluate.evaluate import parse_metrics, parse_steps
+    from anna.prompts import load_prompts
     from anna.run import RunConfig, run_all
+    from anna.search import parse_sizes
 
+    parse_sizes(sizes=sizes)
+    bounded_steps(parse_steps(steps))
+    parse_metrics(metrics)
+    if prompts is not None:
+        load_prompts(prompts)
+    model_not_a_file(model_spec)
+    existing_file(fid_weights, "--fid-weights")
+    writable_folder(run_dir or f"runs/{model_spec.replace('/', '--')}")
     cfg = RunConfig(
         model=model_spec, run_dir=run_dir or f"runs/{model_spec.replace('/', '--')}", prompts=prompts, calib=calib,
         test=test, component=component, sizes=sizes, steps=steps, metrics=metrics, cache_samples=cache_samples,
@@ -322,20 +372,40 @@ def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, 
     run_all(cfg, echo=click.echo, progress=not quiet)
 
 
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: AnnaError becomes one line on stderr and exit code 2."""
-    _quiet_libraries()
+    """Entry point, and the one place where faults become one line on stderr: bad input (AnnaError, a bad option) and
+    filesystem faults (OSError, naming the path) exit 2, an interrupt exits 130 saying how to resume, and anything
+    else is reported as a bug in one line (exit 1; ANNA_TRACEBACK=1 shows the traceback)."""
     try:
-        cli.main(args=argv, standalone_mode=False)
+        _quiet_libraries()
+        rv = cli.main(args=argv, prog_name="anna", standalone_mode=False)
     except AnnaError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(str(e), 2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail(INTERRUPTED, 130)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else cli.get_help(click.Context(cli)))
+        sys.exit(0)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        where = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
+        _fail(f"{e.format_message()}{where}", 2)
+    except OSError as e:
+        _fail(describe_os_error(e), 2)
+    except MemoryError:
+        _fail("out of memory: use smaller settings (fewer prompts, samples or steps, a smaller image)", 2)
+    except Exception as e:
+        if os.environ.get("ANNA_TRACEBACK"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        _fail(f"internal error ({type(e).__name__}: {first}): a bug in anna; rerun with ANNA_TRACEBACK=1 and report "
+              "the traceback", 1)
+    if isinstance(rv, int) and rv:  # --help and --version return their exit code without standalone mode
+        sys.exit(rv)
 
 
 if __name__ == "__main__":

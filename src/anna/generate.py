@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from anna.adapters.base import GenerationSettings, Model
-from anna.artifacts import temp_file_beside
+from anna.artifacts import write_bytes, write_text
 
 
 def generate_images(
@@ -39,15 +39,9 @@ def generate_images(
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """Atomic PNG write."""
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return write_bytes(path, buf.getvalue())
 
 
 def generate_to_dir(
@@ -57,5 +51,5 @@ def generate_to_dir(
     out = Path(out_dir)
     images = generate_images(model, prompts, settings, seed)
     paths = [save_png(img, out / f"{i:04d}.png") for i, img in enumerate(images)]
-    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    write_text(out / "prompts.txt", "\n".join(prompts) + "\n")
     return paths

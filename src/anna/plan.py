@@ -126,8 +126,54 @@ def make_plan(
     )
 
 
+MAX_DEPTH = 16  # nesting of a plan's extra fields (search writes flat ones)
+
+
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """How deeply ``value`` nests lists and objects (stops counting past ``limit``)."""
+    if limit < 0 or not isinstance(value, dict | list):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def check_plan_shape(obj: Any, source: str = "plan") -> None:
+    """The one check of a plan object's shape, before any name is looked up: every field of the right type, option
+    names that are strings, and no empty plan (write ``{"default": "fp16"}`` to keep every unit in FP16)."""
+    if not isinstance(obj, Mapping):
+        raise AnnaError(f"{source} must be a JSON object, not {type(obj).__name__}")
+    if not obj.get("units") and "default" not in obj:
+        raise AnnaError(f"{source} is empty: it names no units and no default option; write "
+                        '{"default": "fp16"} to keep every unit in FP16, or {"default": "fp8-moderate"} for one option')
+    for key in ("model", "component", "default", "model_spec"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise AnnaError(f"{source}: '{key}' must be a string, not {type(obj[key]).__name__}")
+    units = obj.get("units", {})
+    if not isinstance(units, Mapping):
+        raise AnnaError(f"{source}: 'units' must map unit names to option names, not be a {type(units).__name__}")
+    bad = next(((n, o) for n, o in units.items() if not isinstance(o, str)), None)
+    if bad is not None:
+        raise AnnaError(f"{source}: unit '{bad[0]}' must name one option (a string such as \"fp8-moderate\"), not a "
+                        f"{type(bad[1]).__name__}")
+    bag = obj.get("bag")
+    if bag is not None and (not isinstance(bag, list) or not all(isinstance(b, str) for b in bag)):
+        raise AnnaError(f"{source}: 'bag' must be a list of option names, such as [\"fp16\", \"fp8-moderate\"]")
+    for key in ("budget", "size_ratio", "predicted_mse", "bytes"):
+        if obj.get(key) is not None and not _is_number(obj[key]):
+            raise AnnaError(f"{source}: '{key}' must be a number or null, not {obj[key]!r:.40}")
+    if obj.get("budget") is not None and not 0 < obj["budget"] <= 1.5:
+        raise AnnaError(f"{source}: 'budget' {obj['budget']} is out of range (0, 1.5]")
+    if _depth(obj) > MAX_DEPTH:
+        raise AnnaError(f"{source} nests lists and objects more than {MAX_DEPTH} levels deep: it is not a plan")
+
+
 def plan_from_json(obj: Mapping[str, Any], inventory: Inventory, source: str = "plan") -> Plan:
     """Validate a plan object (full or short form) against the inventory it will be applied to."""
+    check_plan_shape(obj, source)
     model = obj.get("model")
     if model is not None and model != inventory.model:
         raise AnnaError(f"{source} is for model '{model}', not '{inventory.model}'")
@@ -135,8 +181,6 @@ def plan_from_json(obj: Mapping[str, Any], inventory: Inventory, source: str = "
     if component is not None and component != inventory.component:
         raise AnnaError(f"{source} is for component '{component}', not '{inventory.component}'")
     units = obj.get("units", {})
-    if not isinstance(units, dict):
-        raise AnnaError(f"{source}: 'units' must map unit names to option names")
     known = {"format_version", "model", "component", "bag", "budget", "size_ratio", "bytes", "predicted_mse",
              "units", "default"}
     extra = {k: v for k, v in obj.items() if k not in known}

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from anna.artifacts import write_text
 from anna.errors import AnnaError
 from anna.report_data import _first, _fmt, _num, _plans, _read_optional, activation_ranges
 from anna.report_plots import (
@@ -245,9 +246,7 @@ def build_report(run_dir: str | Path, *, max_grids: int = 12, out: str | Path | 
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>anna report — {_e(model)}</title>'
            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
     target = Path(out) if out else run / REPORT_FILE
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(target)
+    write_text(target, doc)
     return target
 
 

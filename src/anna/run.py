@@ -113,12 +113,13 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
     from anna.evaluate.select import Thresholds, select_to_file
     from anna.report import build_report
-    from anna.search import search
+    from anna.search import parse_sizes, search
 
     run_dir = Path(cfg.run_dir)
     folder = RunFolder(run_dir)
     calib_prompts, test_prompts = _prompts(cfg)
     steps, metrics = parse_steps(cfg.steps), parse_metrics(cfg.metrics)
+    parse_sizes(sizes=cfg.sizes)  # a bad sweep is an error before any stage runs
     timings: dict[str, float] = {}
 
     def stage(name: str) -> None:

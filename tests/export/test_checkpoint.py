@@ -189,13 +189,43 @@ def test_unknown_option_in_plan(ckpt) -> None:
     _expect(path, "unknown option 'fp8-imaginary'")
 
 
-def test_plan_and_tensors_disagree(ckpt) -> None:
+@pytest.mark.parametrize("unit, option, held", [("conv", "fp8-absmax", "fp8-moderate"), ("out", "fp8-absmax", "fp16"),
+                                                 ("attn", "fp16", "qdq-u8u16")])
+def test_plan_and_tensors_disagree(ckpt, unit, option, held) -> None:
+    """An option edited in plan.json is refused, even one of the same storage (fp8-moderate -> fp8-absmax): the
+    tensors' metadata records which option each unit was saved with."""
     path, _, _ = ckpt
     obj = json.loads((path / PLAN_FILE).read_text())
-    obj["units"]["conv"] = "fp8-absmax"  # same layout: loads, the option name is just a label here
-    obj["units"]["out"] = "fp8-absmax"  # `out` was saved in fp16: its quantized tensors are missing
+    obj["units"][unit] = option
     (path / PLAN_FILE).write_text(json.dumps(obj))
-    _expect(path, "out")
+    _expect(path, f"plan.json says unit '{unit}' is {option}, but model.safetensors holds it as {held}")
+
+
+def test_checkpoint_without_recorded_options_still_loads(ckpt) -> None:
+    """Checkpoints written before the options were recorded load as before (their tensors are checked)."""
+    from safetensors.torch import load_file, save_file
+
+    path, model, plan = ckpt
+    round_to_checkpoint_(model.component(), plan)
+    file = path / TENSORS_FILE
+    with safe_open(file, "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta.pop("quantized_units")) == {"conv": "fp8-moderate", "attn": "qdq-u8u16"}
+    save_file(load_file(file), str(file), metadata=meta)
+    fresh = _model()
+    load_checkpoint_into(fresh, path, echo=None)
+    with torch.no_grad():
+        assert torch.equal(model.component()(_x(9)), fresh.component()(_x(9)))
+
+
+def test_truncated_tensor_data_found_without_reading_it(ckpt) -> None:
+    from anna.export.checkpoint import verify_checkpoint
+
+    path, _, _ = ckpt
+    file = path / TENSORS_FILE
+    file.write_bytes(file.read_bytes()[:-10])
+    with pytest.raises(AnnaError, match="corrupt or truncated: the header describes"):
+        verify_checkpoint(path)
 
 
 def test_tensor_dtype_tampered(ckpt) -> None:

@@ -27,6 +27,8 @@ def load(spec: str, device: str | None = None) -> Model:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
     local = Path(spec).expanduser()
+    if local.exists() and not local.is_dir():
+        raise AnnaError(f"'{spec}' is a file, not a folder: give a local diffusers folder (with model_index.json)")
     if local.exists() and not (local / "model_index.json").is_file():
         raise AnnaError(f"'{spec}' is a folder but not a diffusers pipeline (no model_index.json)")
     try:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from anna.analyze import fisher
 from anna.analyze.sketch import CountSketch, ExactProjection
+from anna.errors import AnnaError
 
 DEFAULT_SKETCH = 1024
 # Exact deltas (no sketch) when units x options x output elements x 4 bytes fit in this: tiny models, MiniLM.
@@ -97,7 +98,18 @@ class ErrorModel:
 
 @torch.inference_mode()
 def reference_outputs(run: Runner, samples: Sequence[Any]) -> list[torch.Tensor]:
-    return [run(s).float() for s in samples]
+    """The unquantized component's output on every cached input; a non-finite one is an error naming the input
+    (every unit and option would otherwise measure as infinitely bad)."""
+    refs = [run(s).float() for s in samples]
+    for k, ref in enumerate(refs):
+        bad = int((~torch.isfinite(ref)).sum())
+        if bad:
+            raise AnnaError(
+                f"the unquantized component's output on cached calibration input {k} holds {bad:,} non-finite values "
+                f"(of {ref.numel():,}): the model itself overflows there, not a quantized unit; check the model's "
+                "weights (calibrate warns about non-finite ones) or calibrate with other prompts or settings"
+            )
+    return refs
 
 
 @torch.inference_mode()

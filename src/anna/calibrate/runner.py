@@ -22,6 +22,7 @@ from anna.calibrate.drivers import BatchDriver, PipelineDriver
 from anna.calibrate.hooks import observe
 from anna.calibrate.observers import HIST, UnitObservers
 from anna.calibrate.resume import CACHE_PREFIX, load_progress, module_fingerprint, run_hash, save_progress
+from anna.checks import nonfinite_weights
 from anna.errors import AnnaError
 from anna.inventory import match_patterns
 from anna.units import unit_modules
@@ -102,6 +103,9 @@ def calibrate(
     component = component or model.default_component
     module = model.component(component)
     units = select_units(module, include, exclude)
+    for name, bad in nonfinite_weights(module):
+        say(f"warning: weight {component}.{name} holds {bad:,} non-finite values (NaN/Inf); the units that use it give "
+            "non-finite outputs whatever their option: check the model's weights")
     if model.pipeline is not None:
         driver: PipelineDriver | BatchDriver = PipelineDriver(model, component, prompts, settings, seed)
     else:

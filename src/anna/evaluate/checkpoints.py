@@ -47,6 +47,10 @@ def describe_checkpoints(paths: Sequence[str | Path]) -> list[CheckpointRef]:
             raise AnnaError(f"checkpoint not found: {p} (expected a folder with model.safetensors and plan.json)")
         path = path.resolve()
         kind = checkpoint_kind(path)
+        if kind == "safetensors":  # a truncated or edited checkpoint is found before any image is generated
+            from anna.export.checkpoint import verify_checkpoint
+
+            verify_checkpoint(path)
         plan = Plan.read(path / "plan.json", "checkpoint plan") if (path / "plan.json").is_file() else None
         component = None if plan is None else plan.component
         if plan is None and kind == "onnx" and (path / ONNX_MANIFEST).is_file():

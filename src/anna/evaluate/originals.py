@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from anna.adapters.base import GenerationSettings, Model
-from anna.artifacts import read_json
+from anna.artifacts import read_json, write_text
 from anna.errors import AnnaError
 from anna.evaluate.capture import Capture, capture_calls, load_capture
 from anna.generate import generate_images, save_png
@@ -36,7 +36,7 @@ def _save_images(images: Sequence[Image.Image], folder: Path, prompts: Sequence[
             stale.unlink()
     for i, img in enumerate(images):
         save_png(img, folder / f"{i:04d}.png")
-    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    write_text(folder / "prompts.txt", "\n".join(prompts) + "\n")
 
 
 def _load_cached(folder: Path, key: dict[str, Any], components: set[str], n: int) -> _Originals | None:

@@ -31,13 +31,14 @@ from anna.errors import AnnaError
 from anna.inventory import build_inventory
 from anna.options.apply import apply
 from anna.options.handle import QuantHandle
-from anna.options.registry import FP16
+from anna.options.registry import FP16, get_option, quant_option
 from anna.options.wrappers import unit_option, unit_state
-from anna.plan import Plan, load_plan, plan_from_json
+from anna.plan import Plan, check_plan_shape, load_plan, plan_from_json
 
 TENSORS_FILE = "model.safetensors"
 PLAN_FILE = "plan.json"
 FORMAT = "anna-checkpoint"
+UNITS_META = "quantized_units"  # metadata: JSON {unit: option} of the quantized units, checked against plan.json
 
 Echo = Callable[[str], Any] | None
 
@@ -155,7 +156,8 @@ def save_checkpoint(
     comp = model.component(component)
     tensors, rounded = checkpoint_tensors(comp, plan)
     out = Path(out_dir)
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "model": model.name, "component": component}
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "model": model.name, "component": component,
+            UNITS_META: json.dumps({n: o for n, o in plan.units.items() if o != FP16}, separators=(",", ":"))}
     path = write_tensors(out / TENSORS_FILE, tensors, metadata=meta)
     obj = {**plan.to_json(), "model_spec": model_spec or model.name, "component": component}
     if inputs is not None:
@@ -226,15 +228,8 @@ def is_stale(ckpt_dir: str | Path, run_dir: str | Path, plan_path: str | Path) -
 # Loading
 
 
-def read_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(plan.json object, tensors)`` of a checkpoint, with clear errors for missing, corrupt or foreign files."""
-    ckpt = Path(ckpt_dir)
-    if not ckpt.is_dir():
-        raise AnnaError(f"checkpoint not found: {ckpt} (expected a folder with {TENSORS_FILE} and {PLAN_FILE})")
-    obj = read_json(ckpt / PLAN_FILE, "checkpoint plan")
-    path = ckpt / TENSORS_FILE
-    if not path.is_file():
-        raise AnnaError(f"checkpoint tensors not found: {path}")
+def _read_header(path: Path) -> dict[str, Any]:
+    """The safetensors header of ``path``, checked against the file's size (a truncated file is found here)."""
     try:
         size = path.stat().st_size
         header = safetensors_header_bytes(path)
@@ -243,17 +238,54 @@ def read_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, Any], dict[str, Ten
                             f"the file has {size:,}")
         with open(path, "rb") as f:
             f.seek(8)
-            meta = json.loads(f.read(header - 8)).get("__metadata__") or {}
-    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+            head = json.loads(f.read(header - 8))
+        ends = [int(v["data_offsets"][1]) for k, v in head.items() if k != "__metadata__"]
+    except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError) as e:
         raise AnnaError(f"checkpoint tensors {path} are corrupt: bad safetensors header ({e})") from None
-    if meta.get("format") != FORMAT:
+    if header + max(ends, default=0) != size:
+        raise AnnaError(f"checkpoint tensors {path} are corrupt or truncated: the header describes "
+                        f"{header + max(ends, default=0):,} bytes, the file has {size:,}; export it again")
+    return head
+
+
+def verify_checkpoint(ckpt_dir: str | Path) -> dict[str, Any]:
+    """Check a checkpoint without reading its tensor data: ``plan.json``, the header, the file size, and that the
+    plan names the options its tensors were saved with. Returns the plan object."""
+    ckpt = Path(ckpt_dir).expanduser()
+    if not ckpt.is_dir():
+        what = f"checkpoint {ckpt} is a file, not a folder" if ckpt.exists() else f"checkpoint not found: {ckpt}"
+        raise AnnaError(f"{what} (expected a folder with {TENSORS_FILE} and {PLAN_FILE})")
+    obj = read_json(ckpt / PLAN_FILE, "checkpoint plan")
+    check_plan_shape(obj, f"checkpoint plan {ckpt / PLAN_FILE}")
+    path = ckpt / TENSORS_FILE
+    if not path.is_file():
+        raise AnnaError(f"checkpoint tensors not found: {path}")
+    meta = _read_header(path).get("__metadata__") or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AnnaError(f"{path} is not an anna checkpoint (metadata format {meta.get('format')!r})")
-    tensors = read_tensors(path, "checkpoint tensors")
     for key in ("model", "component"):
         if obj.get(key) is not None and meta.get(key) != obj.get(key):
             raise AnnaError(f"checkpoint {ckpt}: {PLAN_FILE} says {key} '{obj.get(key)}' but {TENSORS_FILE} holds "
                             f"'{meta.get(key)}'")
-    return obj, tensors
+    if UNITS_META in meta:  # checkpoints written before it was recorded are checked by their tensors alone
+        try:
+            saved = json.loads(meta[UNITS_META])
+        except json.JSONDecodeError:
+            raise AnnaError(f"checkpoint tensors {path} are corrupt: bad '{UNITS_META}' metadata") from None
+        named, default = obj.get("units", {}), obj.get("default", FP16)
+        for unit in sorted(set(saved) | set(named)):
+            said, held = named.get(unit, default), saved.get(unit, FP16)
+            get_option(said)
+            if said != held:
+                raise AnnaError(f"checkpoint {ckpt}: {PLAN_FILE} says unit '{unit}' is {said}, but {TENSORS_FILE} "
+                                f"holds it as {held}: the plan was edited; restore it or export the checkpoint again")
+    return obj
+
+
+def read_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(plan.json object, tensors)`` of a checkpoint, with clear errors for missing, corrupt or foreign files."""
+    obj = verify_checkpoint(ckpt_dir)
+    return obj, read_tensors(Path(ckpt_dir).expanduser() / TENSORS_FILE, "checkpoint tensors")
 
 
 def load_checkpoint_into(model: Model, ckpt_dir: str | Path, *, echo: Echo = print,
