@@ -31,7 +31,7 @@ from anna.errors import AnnaError
 from anna.inventory import build_inventory
 from anna.options.apply import apply
 from anna.options.handle import QuantHandle
-from anna.options.registry import FP16, get_option, quant_option
+from anna.options.registry import FP16, get_option
 from anna.options.wrappers import unit_option, unit_state
 from anna.plan import Plan, check_plan_shape, load_plan, plan_from_json
 
