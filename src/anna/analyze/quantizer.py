@@ -26,7 +26,7 @@ class UnitQuantizer:
 
     @contextmanager
     def __call__(self, assignment: Mapping[str, str]) -> Iterator[None]:
-        with QuantHandle(self.component) as handle:
+        with QuantHandle(self.component, units=self.units) as handle:
             for name, option in assignment.items():
                 if option == FP16:
                     continue

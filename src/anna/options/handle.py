@@ -40,10 +40,13 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
 class QuantHandle:
     """Quantize units of one component; undo (reversible) or commit."""
 
-    def __init__(self, component: nn.Module, *, reversible: bool = True) -> None:
+    def __init__(self, component: nn.Module, *, reversible: bool = True,
+                 units: dict[str, tuple[str, nn.Module]] | None = None) -> None:
+        """``units`` (name -> (kind, module), as `unit_modules` finds them) saves the walk when many handles are made
+        on an unchanged component, as the error model's trials do."""
         self.component = component
         self.reversible = reversible
-        self.units: dict[str, tuple[str, nn.Module]] = {n: (k, m) for n, k, m in unit_modules(component)}
+        self.units = units if units is not None else {n: (k, m) for n, k, m in unit_modules(component)}
         self.options: dict[str, str] = {}
         self._modules: dict[str, nn.Module] = {}  # unit -> the original module it replaced
         self._tensors: list[tuple[Tensor, Tensor]] = []  # (tensor set in place, its original value)
