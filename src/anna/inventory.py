@@ -89,6 +89,15 @@ def unit_bytes(module: nn.Module, kind: str, storage: Storage | None) -> int:
     )
 
 
+def option_bytes(module: nn.Module, kind: str, option: str) -> int:
+    """Real bytes of one unit under the registered option `option`: the option's own `unit_bytes(module, kind)`
+    where it has one (options whose bytes depend on which of the unit's weights they quantize), else `unit_bytes`
+    with the option's `Storage`."""
+    opt = get_option(option)
+    own = getattr(opt, "unit_bytes", None)
+    return own(module, kind) if callable(own) else unit_bytes(module, kind, opt.storage)
+
+
 def tensor_bytes_fp16(component: nn.Module) -> int:
     """Every tensor of the component in FP16: floating parameters and buffers at 2 bytes, others at their size."""
     total = 0
@@ -176,14 +185,14 @@ def build_inventory(
     names = [n for n, _, _ in found]
     keep = match_patterns(names, include, "include pattern") if include else set(names)
     keep -= match_patterns(names, exclude, "exclude pattern") if exclude else set()
-    storages = {name: get_option(name).storage for name in (options or option_names())}
+    opts = list(options or option_names())
     units = [
         UnitInfo(
             name=name,
             kind=kind,
             params=sum(p.numel() for p in mod.parameters()),
             weights=tuple(n for n, _ in quantized_weights(mod)),
-            bytes={opt: unit_bytes(mod, kind, st) for opt, st in storages.items()},
+            bytes={opt: option_bytes(mod, kind, opt) for opt in opts},
         )
         for name, kind, mod in found
         if name in keep

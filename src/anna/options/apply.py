@@ -14,7 +14,7 @@ from torch import nn
 
 from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
-from anna.inventory import unit_bytes, unit_modules
+from anna.inventory import option_bytes, unit_bytes, unit_modules
 from anna.options.registry import FP16, get_option, quant_option
 from anna.options.wrappers import unit_option
 from anna.plan import Plan
@@ -145,7 +145,7 @@ def apply(
         opt = quant_option(opt_name)
         ranges = opt.ranges(kind, stats[name], where=name)
         states[name] = opt.quantize(module, kind, stats[name], where=name)
-        rows.append(UnitRow(name, kind, opt_name, before, unit_bytes(module, kind, opt.storage), ranges))
+        rows.append(UnitRow(name, kind, opt_name, before, option_bytes(module, kind, opt_name), ranges))
     for name, state in states.items():
         kind, module = found[name]
         new = quant_option(assignment[name]).wrap(module, kind, state, where=name)

@@ -16,7 +16,7 @@ from anna.errors import AnnaError
 
 FP16 = "fp16"
 DEFAULT_BAG = ("fp16", "fp8-absmax", "fp8-conservative", "fp8-moderate", "fp8-aggressive")
-_BUILTIN_MODULES = ("anna.options.fp8", "anna.options.qdq")
+_BUILTIN_MODULES = ("anna.options.fp8", "anna.options.qdq", "anna.options.attention_fp16math")
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,14 @@ def get_option(name: str) -> Option:
     if name not in _REGISTRY:
         raise AnnaError(f"unknown option '{name}'; known options: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]()
+
+
+def canonical_option(name: str, kind: str) -> str:
+    """The option that `name` equals on a unit of `kind` (the same stored tensors and bytes): the option's
+    `canonical(kind)` where it has one (an attention-only variant is its base option elsewhere), else `name`."""
+    opt = get_option(name)
+    canonical = getattr(opt, "canonical", None)
+    return canonical(kind) if callable(canonical) else name
 
 
 def parse_bag(spec: str | None) -> list[str]:
