@@ -46,7 +46,21 @@ def parse_sizes(size: float | None = None, sizes: str | None = None) -> list[flo
 
 
 def plan_name(ratio: float) -> str:
-    return f"size-{ratio:.3f}"
+    """`size-0.501` for a budget with at most 3 decimals; otherwise every digit it needs (`size-0.5015`), so that
+    budgets that differ never share a plan file."""
+    ratio = float(ratio)
+    return f"size-{ratio:.3f}" if round(ratio, 3) == ratio else f"size-{ratio!r}"
+
+
+def plan_names(ratios: Sequence[float]) -> list[str]:
+    """The plan names of a sweep; a budget given twice is an error (its plan would be written, and listed, twice)."""
+    names = [plan_name(r) for r in ratios]
+    seen: dict[str, float] = {}
+    for r, n in zip(ratios, names, strict=True):
+        if n in seen:
+            raise AnnaError(f"budget {r} is given twice in the sweep")
+        seen[n] = r
+    return names
 
 
 def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[Any]]:
@@ -166,6 +180,7 @@ def search(
     analysis = load_analysis(run_dir, corrected)
     em = analysis.error_model
     ratios = sorted(ratios)
+    plan_names(ratios)  # refuses a budget given twice
     results = _solve_all(analysis, ratios)
     if not baselines:
         results = {k: v for k, v in results.items() if k == "anna" or k.startswith("anna:")}
