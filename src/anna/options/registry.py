@@ -119,6 +119,21 @@ def canonical_option(name: str, kind: str) -> str:
     return canonical(kind) if callable(canonical) else name
 
 
+def same_trials(kinds: list[str], options: list[str]) -> dict[tuple[int, int], int]:
+    """`(i, j) -> j0` for every option j that quantizes unit i (of kind `kinds[i]`) exactly as an earlier option j0
+    of the bag does (the same canonical option): analysis copies such a trial instead of running it."""
+    out: dict[tuple[int, int], int] = {}
+    for i, kind in enumerate(kinds):
+        first: dict[str, int] = {}
+        for j, name in enumerate(options):
+            c = canonical_option(name, kind)
+            if c in first:
+                out[(i, j)] = first[c]
+            else:
+                first[c] = j
+    return out
+
+
 def parse_bag(spec: str | None) -> list[str]:
     """`--bag` value (comma separated) to a validated list that always starts with fp16."""
     names = list(DEFAULT_BAG) if not spec else [s.strip() for s in spec.split(",") if s.strip()]
