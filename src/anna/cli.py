@@ -70,16 +70,19 @@ def inspect(model_spec: str, component: str | None, include: tuple[str, ...], ex
     click.echo(header)
     click.echo("-" * len(header))
     for u in inv.units:
-        click.echo(f"{u.name:<{width}}  {u.kind:<9} {u.params:>12,} " + " ".join(f"{u.bytes[o]:>16,}" for o in opts))
+        click.echo(f"{u.name:<{width}}  {u.kind:<9} {u.params:>12,} "
+                   + " ".join(f"{u.bytes[o]:>16,}" if o in u.bytes else f"{'-':>16}" for o in opts))
     click.echo("-" * len(header))
-    sums = {o: inv.base_bytes + sum(u.bytes[o] for u in inv.units) for o in opts}
+    # an option that cannot quantize some unit (no size there) has no total
+    sums = {o: inv.base_bytes + sum(u.bytes[o] for u in inv.units) for o in opts
+            if all(o in u.bytes for u in inv.units)}
     click.echo(
         f"{'total (all units in option)':<{width}}  {'':<9} {inv.total_params:>12,} "
-        + " ".join(f"{sums[o]:>16,}" for o in opts)
+        + " ".join(f"{sums[o]:>16,}" if o in sums else f"{'-':>16}" for o in opts)
     )
     click.echo(
         f"{'size ratio':<{width}}  {'':<9} {'':>12} "
-        + " ".join(f"{sums[o] / inv.total_bytes_fp16:>16.4f}" for o in opts)
+        + " ".join(f"{sums[o] / inv.total_bytes_fp16:>16.4f}" if o in sums else f"{'-':>16}" for o in opts)
     )
     kinds = {k: sum(1 for u in inv.units if u.kind == k) for k in ("conv", "attention", "linear")}
     click.echo(

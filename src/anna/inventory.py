@@ -186,13 +186,25 @@ def build_inventory(
     keep = match_patterns(names, include, "include pattern") if include else set(names)
     keep -= match_patterns(names, exclude, "exclude pattern") if exclude else set()
     opts = list(options or option_names())
+
+    def sizes(mod: nn.Module, kind: str) -> dict[str, int]:
+        """Bytes per option; with every registered option (no `options` given), an option that cannot quantize this
+        unit (an attention layout it does not know) is left out, and using it on the unit is an error."""
+        out = {}
+        for opt in opts:
+            try:
+                out[opt] = option_bytes(mod, kind, opt)
+            except AnnaError:
+                if options:
+                    raise
+        return out
     units = [
         UnitInfo(
             name=name,
             kind=kind,
             params=sum(p.numel() for p in mod.parameters()),
             weights=tuple(n for n, _ in quantized_weights(mod)),
-            bytes={opt: option_bytes(mod, kind, opt) for opt in opts},
+            bytes=sizes(mod, kind),
         )
         for name, kind, mod in found
         if name in keep

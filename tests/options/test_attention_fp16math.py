@@ -187,3 +187,35 @@ def test_checkpoint_round_trip_mixed(stats, tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(before, fresh.component()(*x))
     assert unit_option(fresh.component().attn) == "fp8-absmax-fp16math-fp16qo"
+
+
+class CLIPLikeAttention(nn.Module):
+    """CLIP's projection names plus an extra gate Linear (which the fp16math options keep in FP16)."""
+
+    def __init__(self, extra: bool = True) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(16, 16) for _ in range(4))
+        self.gate = nn.Linear(16, 4) if extra else None
+
+
+class OddAttention(nn.Module):
+    """An attention module of unknown layout (no q/k/v/out projection names that anna knows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+        self.proj = nn.Linear(16, 16)
+
+
+def test_other_linears_stay_fp16_and_unknown_layouts_have_no_size() -> None:
+    model = from_module(nn.ModuleDict({"clip": CLIPLikeAttention(), "odd": OddAttention()}), [], name="odd")
+    inv = build_inventory(model)
+    clip, odd = inv.unit("clip").bytes, inv.unit("odd").bytes
+    # four FP8 projections (16x16 + 16 bias each) and the gate (16x4 + 4) in FP16
+    assert clip["fp8-absmax-fp16math"] == 4 * (256 + 16 * 4 + 4 + 2 * 16) + 2 * (64 + 4)
+    assert clip["fp8-absmax-fp16math-fp16o"] == 3 * (256 + 16 * 4 + 4 + 2 * 16) + 2 * (272 + 68)
+    assert not any(o in odd for o in FP16MATH) and odd["fp8-absmax"] > 0
+    with pytest.raises(AnnaError, match="unsupported attention module"):
+        build_inventory(model, options=["fp16", "fp8-absmax-fp16math"])
+    with pytest.raises(AnnaError, match="has no size for unit odd"):
+        inv.plan_bytes({"odd": "fp8-absmax-fp16math"})

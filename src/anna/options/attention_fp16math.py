@@ -3,10 +3,11 @@
 `fp8-<clipping>-fp16math` quantizes an attention unit's q, k, v and out projections like FP8 linear units (weights
 per output channel from the absmax, each projection's input per tensor from its calibrated range: the unit's "input"
 for q, "context" for k and v, "out_in" for out) and leaves the attention math (Q, K, V, softmax probabilities)
-unquantized: the unit runs its own attention implementation, untouched. `fp8-absmax-fp16math-fp16<roles>` also keeps
-the projections named by `<roles>` (letters among q, k, v, o) in FP16, e.g. `fp8-absmax-fp16math-fp16kv`.
-On a Linear or Conv2d unit (no attention math, no projections) each option is exactly its base FP8 option
-(`fp8-absmax` ...): same stored tensors, same bytes (`canonical` says so, so analysis need not run the trial twice).
+unquantized: the unit runs its own attention implementation, untouched. Any other Linear of the unit stays FP16.
+`fp8-absmax-fp16math-fp16<roles>` also keeps the projections named by `<roles>` (letters among q, k, v, o) in FP16,
+e.g. `fp8-absmax-fp16math-fp16kv`. On a Linear or Conv2d unit (no attention math, no projections) each option is
+exactly its base FP8 option (`fp8-absmax` ...): same stored tensors, same bytes (`canonical` says so, so analysis
+need not run the trial twice).
 
 Why per-linear choices are options of the attention unit rather than sub-units (one unit per projection plus one for
 the math):
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from anna.attention import projection_paths
 from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
-from anna.inventory import ACTIVATIONS, quantized_weights, unit_bytes
+from anna.inventory import ACTIVATIONS, unit_bytes
 from anna.options.base import QuantizingOption
 from anna.options.fp8 import FP8_STORAGE, percentile_range
 from anna.options.registry import Storage, register_option
@@ -61,16 +62,11 @@ def quantized_roles(fp16_linears: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def attention_projections(module: nn.Module, where: str) -> dict[str, str]:
-    """role -> unit-relative path of the q/k/v/out projections; the unit must hold no other Linear/Conv2d."""
+    """role -> unit-relative path of the q/k/v/out projections (any other Linear of the unit stays FP16)."""
     try:
         paths = projection_paths(module)
     except TypeError as e:
         raise AnnaError(f"{where}: {e}") from None
-    weights = {w[: -len(".weight")] for w, _ in quantized_weights(module)}
-    other = sorted(weights - set(paths.values()))
-    if other:
-        raise AnnaError(f"{where}: the fp16math options cover the q/k/v/out projections only, but the unit also holds "
-                        f"{', '.join(other)}")
     for role, path in paths.items():
         if not isinstance(module.get_submodule(path), nn.Linear):
             raise AnnaError(f"{where}: projection {role} ({path}) is not a Linear")
