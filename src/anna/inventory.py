@@ -15,7 +15,7 @@ from torch import nn
 
 from anna.adapters.base import Model
 from anna.errors import AnnaError
-from anna.options.registry import FP16, Storage, get_option, option_names
+from anna.options.registry import FP16, Storage, canonical_option, get_option, option_names
 
 KINDS = ("conv", "attention", "linear")
 
@@ -96,6 +96,20 @@ def option_bytes(module: nn.Module, kind: str, option: str) -> int:
     opt = get_option(option)
     own = getattr(opt, "unit_bytes", None)
     return own(module, kind) if callable(own) else unit_bytes(module, kind, opt.storage)
+
+
+def canonical_assignment(
+    inventory: Inventory, assignment: Mapping[str, str], bag: Sequence[str] | None = None
+) -> dict[str, str]:
+    """Each unit's option under its canonical name (`registry.canonical_option`) when that one is in `bag` (default:
+    any): an option that equals another on the unit's kind (an attention-only variant on a Linear or Conv2d unit) is
+    named as that one. Same tensors, same bytes; the plan reads plainly."""
+    kinds = {u.name: u.kind for u in inventory.units}
+    out = {}
+    for u, o in assignment.items():
+        c = canonical_option(o, kinds[u]) if u in kinds else o
+        out[u] = c if bag is None or c in bag else o
+    return out
 
 
 def tensor_bytes_fp16(component: nn.Module) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 from anna.analyze.stage import Analysis, load_analysis
 from anna.artifacts import write_json
 from anna.errors import AnnaError
-from anna.inventory import Inventory
+from anna.inventory import Inventory, canonical_assignment
 
 BASELINES = ("uniform", "greedy", "fisher", "random")
 
@@ -226,7 +226,8 @@ def search(
             if sol is None:
                 rows.append({"budget": ratio, "feasible": False})
                 continue
-            assignment = dict(zip(em.units, (em.options[c] for c in sol.choice), strict=True))
+            assignment = canonical_assignment(
+                inventory, dict(zip(em.units, (em.options[c] for c in sol.choice), strict=True)), em.options)
             predicted = em.predict(sol.choice)
             real = measured(sol.choice)
             plan = make_plan(

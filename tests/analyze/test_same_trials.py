@@ -66,3 +66,19 @@ def test_copied_trials_equal_run_trials() -> None:
     attn = names.index("attn")
     # on the attention unit the variants differ from their bases: FP16 math is better than FP8 math
     assert fast.diag[attn, 3] < fast.diag[attn, 1] and fast.diag[attn, 5] < fast.diag[attn, 3]
+
+
+def test_plans_name_the_canonical_option() -> None:
+    """A plan written by search names fp8-absmax on a Linear unit even when the solver picked its fp16math twin (same
+    trial, same bytes); on attention units the variant keeps its name; a canonical option outside the bag is not
+    used."""
+    from anna.adapters import from_module
+    from anna.inventory import build_inventory, canonical_assignment
+
+    inv = build_inventory(from_module(Net(), [], name="net"))
+    picked = {"inp": "fp8-absmax-fp16math-fp16kv", "attn": "fp8-absmax-fp16math-fp16kv", "out": "fp8-moderate-fp16math"}
+    assert canonical_assignment(inv, picked, BAG) == {"inp": "fp8-absmax", "attn": "fp8-absmax-fp16math-fp16kv",
+                                                      "out": "fp8-moderate"}
+    assert canonical_assignment(inv, picked, ["fp16", "fp8-absmax", "fp8-moderate-fp16math"])["out"] == \
+        "fp8-moderate-fp16math"
+    assert inv.plan_bytes(picked) == inv.plan_bytes(canonical_assignment(inv, picked))
