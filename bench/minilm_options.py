@@ -2,8 +2,10 @@
 
 Calibrates on COCO captions rows 1-200, evaluates the mean-pooled sentence embeddings on rows 4001-4500 (read in
 place), and reports per option: the checkpoint size ratio, cosine similarity (mean and min over sentences), MSE
-and SQNR of the embeddings against FP32. With ``--clip-study`` it also quantizes the linears alone (attention kept
-FP32) to isolate what clipping does to MiniLM's outlier channels. The last line printed is a JSON object.
+and SQNR of the embeddings against FP32; then, for the fp16math options that keep projections in FP16, what they
+buy over all-FP8 projections with FP16 math (dB per 0.01 of size ratio). With ``--clip-study`` it also quantizes
+the linears alone (attention kept FP32) to isolate what clipping does to MiniLM's outlier channels. The last line
+printed is a JSON object.
 
     python bench/minilm_options.py [--tsv PATH] [--calib 1-200] [--eval 4001-4500] [--threads N]
 """
@@ -54,6 +56,23 @@ def compare(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     }
 
 
+ALL_FP8 = "fp8-absmax-fp16math"
+
+
+def fp16math_study(results: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """What each fp16math option with FP16 projections buys over all-FP8 projections with FP16 math: SQNR gain,
+    extra bytes, and the gain per 0.01 of size ratio."""
+    ref = results[ALL_FP8]
+    out = {}
+    for name, row in results.items():
+        if name.startswith(f"{ALL_FP8}-fp16"):
+            extra = row["size_ratio"] - ref["size_ratio"]
+            gain = row["sqnr_db"] - ref["sqnr_db"]
+            out[name] = {"extra_bytes": row["bytes"] - ref["bytes"], "gain_db": gain,
+                         "db_per_0.01_size": gain / extra * 0.01}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tsv", default=str(DEFAULT_TSV))
@@ -85,6 +104,10 @@ def main() -> None:
         results[key] = row
         print(f"{key:<32} size {row['size_ratio']:.4f}  cos mean {row['cos_mean']:.5f}  min {row['cos_min']:.5f}  "
               f"mse {row['mse']:.3e}  sqnr {row['sqnr_db']:.2f} dB", flush=True)
+    per_byte = fp16math_study(results)
+    for name, row in per_byte.items():
+        print(f"{name:<32} +{row['extra_bytes']:>9,} bytes vs {ALL_FP8}: {row['gain_db']:+.2f} dB "
+              f"({row['db_per_0.01_size']:+.2f} dB per 0.01 of size ratio)")
     summary = {
         "model": evalm.name,
         "calib_rows": args.calib,
@@ -93,6 +116,8 @@ def main() -> None:
         "fp16_bytes": inv.total_bytes_fp16,
         "seconds": round(time.time() - t0, 1),
         "options": results,
+        "fp16_math_gain_db": results[ALL_FP8]["sqnr_db"] - results["fp8-absmax"]["sqnr_db"],
+        "fp16math_per_byte": per_byte,
     }
     print(json.dumps(summary))
 

@@ -131,12 +131,22 @@ _PROJECTIONS = (
 )
 
 
+_DIFFUSERS_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def projection_paths(unit: nn.Module) -> dict[str, str]:
+    """The unit-relative module paths of an attention unit's projections, keyed "q", "k", "v", "o" (the output
+    projection). Raises TypeError for an attention module of unknown layout."""
+    subs = dict(unit.named_modules())
+    for names in (_DIFFUSERS_PROJECTIONS, *_PROJECTIONS) if _is_diffusers_attention(unit) else _PROJECTIONS:
+        if all(n in subs for n in names):
+            return dict(zip(("q", "k", "v", "o"), names, strict=True))
+    raise TypeError(f"{type(unit).__name__}: unsupported attention module (no q/k/v/out projections found)")
+
+
 def _projections(unit: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
     subs = dict(unit.named_modules())
-    for names in _PROJECTIONS:
-        if all(n in subs for n in names):
-            return tuple(subs[n] for n in names)  # type: ignore[return-value]
-    raise TypeError(f"{type(unit).__name__}: unsupported attention module (no q/k/v/out projections found)")
+    return tuple(subs[p] for p in projection_paths(unit).values())  # type: ignore[return-value]
 
 
 def _tapped_transformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -80,16 +80,19 @@ def inspect(model_spec: str, component: str | None, include: tuple[str, ...], ex
     click.echo(header)
     click.echo("-" * len(header))
     for u in inv.units:
-        click.echo(f"{u.name:<{width}}  {u.kind:<9} {u.params:>12,} " + " ".join(f"{u.bytes[o]:>16,}" for o in opts))
+        click.echo(f"{u.name:<{width}}  {u.kind:<9} {u.params:>12,} "
+                   + " ".join(f"{u.bytes[o]:>16,}" if o in u.bytes else f"{'-':>16}" for o in opts))
     click.echo("-" * len(header))
-    sums = {o: inv.base_bytes + sum(u.bytes[o] for u in inv.units) for o in opts}
+    # an option that cannot quantize some unit (no size there) has no total
+    sums = {o: inv.base_bytes + sum(u.bytes[o] for u in inv.units) for o in opts
+            if all(o in u.bytes for u in inv.units)}
     click.echo(
         f"{'total (all units in option)':<{width}}  {'':<9} {inv.total_params:>12,} "
-        + " ".join(f"{sums[o]:>16,}" for o in opts)
+        + " ".join(f"{sums[o]:>16,}" if o in sums else f"{'-':>16}" for o in opts)
     )
     click.echo(
         f"{'size ratio':<{width}}  {'':<9} {'':>12} "
-        + " ".join(f"{sums[o] / inv.total_bytes_fp16:>16.4f}" for o in opts)
+        + " ".join(f"{sums[o] / inv.total_bytes_fp16:>16.4f}" if o in sums else f"{'-':>16}" for o in opts)
     )
     kinds = {k: sum(1 for u in inv.units if u.kind == k) for k in ("conv", "attention", "linear")}
     click.echo(
@@ -197,7 +200,8 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
 
 @cli.command(name="analyze")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A calibrated run directory.")
-@click.option("--bag", default=None, help="Comma-separated options (default: fp16 + the four FP8 variants).")
+@click.option("--bag", default=None, help="Comma-separated options (default: fp16, the four FP8 variants and "
+              "fp8-absmax-fp16math[-fp16k|-fp16v|-fp16o|-fp16kv]).")
 @click.option("--sketch", "sketch_k", type=click.IntRange(0, 65536), default=None,
               help="CountSketch size for the cross terms; 0: exact deltas. Default: exact when they fit in 256 MB, "
               "else 1024.")

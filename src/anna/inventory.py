@@ -11,10 +11,12 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from anna.adapters.base import Model
 from anna.errors import AnnaError
-from anna.options.registry import FP16, get_option, option_names
-from anna.units import quantized_weights, tensor_bytes_fp16, unit_bytes, unit_modules
+from anna.options.registry import FP16, canonical_option, get_option, option_bytes, option_names
+from anna.units import quantized_weights, tensor_bytes_fp16, unit_modules
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,20 @@ class UnitInfo:
     params: int
     weights: tuple[str, ...]  # quantized weight tensors, relative to the unit (e.g. "to_q.weight")
     bytes: dict[str, int] = field(hash=False)
+
+
+def canonical_assignment(
+    inventory: Inventory, assignment: Mapping[str, str], bag: Sequence[str] | None = None
+) -> dict[str, str]:
+    """Each unit's option under its canonical name (`registry.canonical_option`) when that one is in `bag` (default:
+    any): an option that equals another on the unit's kind (an attention-only variant on a Linear or Conv2d unit) is
+    named as that one. Same tensors, same bytes; the plan reads plainly."""
+    kinds = {u.name: u.kind for u in inventory.units}
+    out = {}
+    for u, o in assignment.items():
+        c = canonical_option(o, kinds[u]) if u in kinds else o
+        out[u] = c if bag is None or c in bag else o
+    return out
 
 
 def match_patterns(names: Sequence[str], patterns: Iterable[str], what: str = "pattern") -> set[str]:
@@ -107,14 +123,26 @@ def build_inventory(
     names = [n for n, _, _ in found]
     keep = match_patterns(names, include, "include pattern") if include else set(names)
     keep -= match_patterns(names, exclude, "exclude pattern") if exclude else set()
-    storages = {name: get_option(name).storage for name in (options or option_names())}
+    opts = list(options or option_names())
+
+    def sizes(mod: nn.Module, kind: str) -> dict[str, int]:
+        """Bytes per option; with every registered option (no `options` given), an option that cannot quantize this
+        unit (an attention layout it does not know) is left out, and using it on the unit is an error."""
+        out = {}
+        for opt in opts:
+            try:
+                out[opt] = option_bytes(mod, kind, opt)
+            except AnnaError:
+                if options:
+                    raise
+        return out
     units = [
         UnitInfo(
             name=name,
             kind=kind,
             params=sum(p.numel() for p in mod.parameters()),
             weights=tuple(n for n, _ in quantized_weights(mod)),
-            bytes={opt: unit_bytes(mod, kind, st) for opt, st in storages.items()},
+            bytes=sizes(mod, kind),
         )
         for name, kind, mod in found
         if name in keep

@@ -36,8 +36,10 @@ def file_digest(path: str | Path) -> str:
 
 
 def plan_name(ratio: float) -> str:
-    """`size-0.550`: the name of a budget's plan file and checkpoint folder."""
-    return f"size-{ratio:.3f}"
+    """`size-0.501` for a budget with at most 3 decimals; otherwise every digit it needs (`size-0.5015`), so that
+    budgets that differ never share a plan file."""
+    ratio = float(ratio)
+    return f"size-{ratio:.3f}" if round(ratio, 3) == ratio else f"size-{ratio!r}"
 
 
 @dataclass(frozen=True)

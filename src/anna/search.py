@@ -20,8 +20,8 @@ import numpy as np
 from anna.analyze.stage import Analysis, load_analysis
 from anna.artifacts import write_json
 from anna.errors import AnnaError
-from anna.inventory import Inventory
-from anna.runfolder import RunFolder, digest, file_digest
+from anna.inventory import Inventory, canonical_assignment
+from anna.runfolder import RunFolder, digest, file_digest, plan_name
 
 BASELINES = ("uniform", "greedy", "fisher", "random")
 MAX_BUDGETS = 1000  # budgets in one sweep (each one is solved, measured and written)
@@ -89,6 +89,17 @@ def _blame_nonfinite(analysis: Analysis, ratio: float) -> None:
             f"are excluded ({len(bad):,}, e.g. {bad[0]}): without them the smallest plan is {smallest / total:.4f} of "
             "FP16; check the calibration warnings (non-finite activations or weights)"
         )
+
+
+def plan_names(ratios: Sequence[float]) -> list[str]:
+    """The plan names of a sweep; a budget given twice is an error (its plan would be written, and listed, twice)."""
+    names = [plan_name(r) for r in ratios]
+    seen: dict[str, float] = {}
+    for r, n in zip(ratios, names, strict=True):
+        if n in seen:
+            raise AnnaError(f"budget {r} is given twice in the sweep")
+        seen[n] = r
+    return names
 
 
 def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[Any]]:
@@ -209,6 +220,7 @@ def search(
             echo(f"search in {run_dir} is up to date ({folder.front_json})")
         return folder.front_json
     em = analysis.error_model
+    plan_names(sorted(ratios))  # refuses a budget given twice
     ratios, skipped = feasible_ratios(analysis, sorted(ratios))
     if skipped and echo:
         echo(f"skipped {len(skipped)} infeasible budget(s) {', '.join(f'{r:g}' for r in skipped)}: below the "
@@ -260,7 +272,8 @@ def search(
             if sol is None:
                 rows.append({"budget": ratio, "feasible": False})
                 continue
-            assignment = dict(zip(em.units, (em.options[c] for c in sol.choice), strict=True))
+            assignment = canonical_assignment(
+                inventory, dict(zip(em.units, (em.options[c] for c in sol.choice), strict=True)), em.options)
             predicted = em.predict(sol.choice)
             real = measured(sol.choice)
             plan = make_plan(

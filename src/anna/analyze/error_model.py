@@ -147,11 +147,13 @@ def build_error_model(
     component: nn.Module | None = None,
     fisher_samples: int = 0,
     grad_run: Runner | None = None,
+    same_as: dict[tuple[int, int], int] | None = None,
 ) -> ErrorModel:
     """One component run per (unit, option, sample) plus the reference run. `state`/`done` resume a partial model;
     `on_unit(model, units_done)` is called after each unit (to checkpoint). With `component` and `fisher_samples`,
     the Fisher score of every unit-option is measured on the first samples in the same runs (one extra
-    forward+backward per probed sample, through `grad_run` when `run` records no autograd graph)."""
+    forward+backward per probed sample, through `grad_run` when `run` records no autograd graph). `same_as[(i, j)]
+    = j0 < j` says that option j quantizes unit i exactly as option j0 does: its trial is copied, not run."""
     if options[0] != "fp16":
         raise ValueError("options[0] must be fp16")
     refs = reference_outputs(run, samples)
@@ -175,6 +177,13 @@ def build_error_model(
     bar = tqdm(total=n * (m - 1), initial=done * (m - 1), desc="analyze", unit="unit-option", disable=not progress)
     for i in range(done, n):
         for j in range(1, m):
+            j0 = (same_as or {}).get((i, j))
+            if j0 is not None:
+                em.diag[i, j], em.sketches[i, j] = em.diag[i, j0], em.sketches[i, j0]
+                if probe is not None:
+                    em.fisher[i, j] = em.fisher[i, j0]
+                bar.update(1)
+                continue
             with (
                 quantize({units[i]: options[j]}),
                 fisher.capture_outputs(

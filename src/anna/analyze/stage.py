@@ -26,7 +26,7 @@ from anna.analyze.validate import corrected_report, measure_plans, random_plans,
 from anna.artifacts import read_json, read_tensors, write_json, write_tensors
 from anna.errors import AnnaError
 from anna.inventory import Inventory, build_inventory
-from anna.options.registry import DEFAULT_BAG, parse_bag
+from anna.options.registry import DEFAULT_BAG, parse_bag, same_trials
 from anna.runfolder import RunFolder
 
 
@@ -161,6 +161,7 @@ def analyze(
         component=trial.model.component(trial.component),
         fisher_samples=min(fisher_samples, len(trial.samples)),
         grad_run=trial.run_with_grad,
+        same_as=same_trials([trial.inventory.unit(u).kind for u in trial.units], options),
     )
     sizes, base = _sizes(trial.inventory, trial.units, options)
     analysis = Analysis(trial.model.name, trial.component, em, sizes, base, trial.inventory.total_bytes_fp16)

@@ -5,7 +5,9 @@ Layout of ``model.safetensors`` (keys are the component's tensor names):
 - a quantized unit ``U`` stores its option's state under ``U.``: weight codes (``float8_e4m3fn`` for FP8, ``uint8``
   for qdq), ``<weight>_scale`` (fp32, one per output channel), ``<weight>_zero_point`` (uint8, qdq only), activation
   parameters (``input_scale`` for a Linear/Conv2d, ``act_quant.<name>_scale`` for the seven activations of an
-  attention unit; fp32 scalars, plus uint16 ``*_zero_point`` for qdq), and its biases and norms in FP16;
+  attention unit; fp32 scalars, plus uint16 ``*_zero_point`` for qdq), and its biases and norms in FP16. An attention
+  unit under an ``-fp16math`` option stores each FP8 projection ``P`` as a Linear unit does (``P.weight``,
+  ``P.weight_scale``, ``P.input_scale``, ``P.bias``) and its other tensors, the FP16 projections included, in FP16;
 - every other tensor of the component (FP16 units, norms, embeddings, buffers) in FP16; integer buffers as they are.
 
 The tensor bytes (the file size minus the safetensors header) therefore equal the plan's predicted ``bytes``

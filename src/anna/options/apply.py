@@ -13,7 +13,7 @@ from torch import nn
 
 from anna.errors import AnnaError
 from anna.options.handle import QuantHandle
-from anna.options.registry import FP16, get_option, quant_option
+from anna.options.registry import FP16, get_option, option_bytes, quant_option
 from anna.options.wrappers import unit_option
 from anna.stats import ActStats
 from anna.units import check_unit_names, unit_bytes, unit_modules
@@ -142,7 +142,7 @@ def apply(
         opt = quant_option(opt_name)
         ranges = opt.ranges(kind, stats[name], where=name)
         states[name] = opt.quantize(module, kind, stats[name], where=name)
-        rows.append(UnitRow(name, kind, opt_name, before, unit_bytes(module, kind, opt.storage), ranges))
+        rows.append(UnitRow(name, kind, opt_name, before, option_bytes(module, kind, opt_name), ranges))
     handle = handle if handle is not None else QuantHandle(component, reversible=False)
     if handle.component is not component:
         raise AnnaError("the handle given to apply belongs to another component")

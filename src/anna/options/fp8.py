@@ -32,14 +32,19 @@ class FP8Option(QuantizingOption):
     scheme: FP8Scheme = field(default_factory=FP8Scheme)
 
     def activation_range(self, stats: ActStats) -> tuple[float, float]:
-        p = self.config.percentile
-        if p is None:
-            return float(stats.min), float(stats.max)
-        lo_key, hi_key = f"{p:g}", f"{100 - p:g}"
-        if lo_key not in stats.percentiles or hi_key not in stats.percentiles:
-            raise AnnaError(f"{self.name} needs the {lo_key}th and {hi_key}th percentiles; the statistics hold "
-                            f"{sorted(stats.percentiles, key=float)}")
-        return float(stats.percentiles[lo_key]), float(stats.percentiles[hi_key])
+        return percentile_range(self.name, self.config.percentile, stats)
+
+
+def percentile_range(option: str, percentile: float | None, stats: ActStats) -> tuple[float, float]:
+    """The full min-max range (``percentile`` None) or the (p, 100-p) percentiles of an activation's statistics."""
+    p = percentile
+    if p is None:
+        return float(stats.min), float(stats.max)
+    lo_key, hi_key = f"{p:g}", f"{100 - p:g}"
+    if lo_key not in stats.percentiles or hi_key not in stats.percentiles:
+        raise AnnaError(f"{option} needs the {lo_key}th and {hi_key}th percentiles; the statistics hold "
+                        f"{sorted(stats.percentiles, key=float)}")
+    return float(stats.percentiles[lo_key]), float(stats.percentiles[hi_key])
 
 
 @register_option("fp8-absmax")
