@@ -26,7 +26,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("report_data",),
     ("report_plots",),
     ("report",),
-    ("run", "api"),
+    ("run", "api", "checks"),
     ("cli", "__init__"),
 ]
 STAGES = ("calibrate", "analyze", "solve", "search", "export", "evaluate", "report", "run", "api", "cli")

@@ -57,7 +57,7 @@ def test_non_finite_reference_output_names_the_input():
 
 def test_non_finite_weights_are_named(tiny, tmp_path):
     from anna.calibrate import calibrate
-    from anna.checks import nonfinite_weights
+    from anna.units import nonfinite_weights
 
     unet = tiny.component("unet")
     assert nonfinite_weights(unet) == []

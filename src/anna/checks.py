@@ -11,7 +11,6 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -116,17 +115,3 @@ def checkpoint_folders(paths: Sequence[str | Path]) -> None:
     from anna.evaluate.evaluate import describe_checkpoints
 
     describe_checkpoints(paths)
-
-
-def nonfinite_weights(module: Any) -> list[tuple[str, int]]:
-    """``(name, count)`` of every parameter or floating buffer of ``module`` holding NaN or Inf values."""
-    import torch
-
-    found = []
-    with torch.no_grad():
-        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            if t.is_floating_point() and t.device.type != "meta":
-                bad = int((~torch.isfinite(t)).sum())
-                if bad:
-                    found.append((name, bad))
-    return found

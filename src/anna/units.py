@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from anna.errors import AnnaError
@@ -108,3 +109,15 @@ def check_unit_names(names: Iterable[str], known: Iterable[str], where: str) -> 
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise AnnaError(f"plan names {len(unknown)} unit(s) that {where} does not have, e.g. '{unknown[0]}'{hint}: "
                         "is it a plan for another model or component?")
+
+
+def nonfinite_weights(module: nn.Module) -> list[tuple[str, int]]:
+    """``(name, count)`` of every parameter or floating buffer of ``module`` holding NaN or Inf values."""
+    found = []
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.is_floating_point() and t.device.type != "meta":
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    found.append((name, bad))
+    return found

@@ -22,10 +22,9 @@ from anna.calibrate.drivers import BatchDriver, PipelineDriver
 from anna.calibrate.hooks import observe
 from anna.calibrate.observers import HIST, UnitObservers
 from anna.calibrate.resume import CACHE_PREFIX, load_progress, module_fingerprint, run_hash, save_progress
-from anna.checks import nonfinite_weights
 from anna.errors import AnnaError
 from anna.inventory import match_patterns
-from anna.units import unit_modules
+from anna.units import nonfinite_weights, unit_modules
 
 
 def select_units(
