@@ -34,13 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from anna.attention import projection_paths
-from anna.calibrate.histogram import ActStats
 from anna.errors import AnnaError
 from anna.options.base import QuantizingOption
 from anna.options.fp8 import FP8_STORAGE, percentile_range
 from anna.options.registry import Storage, register_option
 from anna.options.schemes import FP8Scheme, Scheme
 from anna.options.wrappers import OPTION_ATTR, QuantLinear, _replace, _sub, activation_state, unit_option, weight_state
+from anna.stats import ActStats
 from anna.units import ACTIVATIONS, unit_bytes
 
 ROLES = ("q", "k", "v", "o")
