@@ -27,7 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("report_plots",),
     ("report",),
     ("run", "api", "checks"),
-    ("cli", "__init__"),
+    ("cli", "boundary", "__init__"),
 ]
 STAGES = ("calibrate", "analyze", "solve", "search", "export", "evaluate", "report", "run", "api", "cli")
 

@@ -46,7 +46,7 @@ from anna.export.onnx_export import (
 )
 from anna.export.onnx_prep import MASK_FILL, preprocess
 from anna.export.onnx_quant import QDQSettings, quantize_graph
-from anna.options.registry import FP16, get_option
+from anna.options.registry import FP16
 from anna.plan import Plan
 from anna.units import unit_modules
 
@@ -77,7 +77,7 @@ def _say(echo: Echo, msg: str) -> None:
 def _plan_exclusions(plan: Plan | None, component: str, proto: Any, module: torch.nn.Module) -> dict[str, Any]:
     """The FP16 units of the plan for this component and their node names in the exported graph."""
     if plan is None or plan.component != component:
-        return {"fp16_units": [], "nodes": [], "units_without_nodes": [], "options": {}, "float_parts": {}}
+        return {"fp16_units": [], "nodes": [], "units_without_nodes": [], "options": {}}
     names = [n for n, _, _ in unit_modules(module)]
     unknown = sorted(set(plan.units) - set(names))
     if unknown:
@@ -89,37 +89,8 @@ def _plan_exclusions(plan: Plan | None, component: str, proto: Any, module: torc
     for u in names:
         opt = plan.units.get(u, FP16)
         options[opt] = options.get(opt, 0) + 1
-    float_parts = _partial_float_nodes(plan, proto, module)
-    excluded = {n for u in fp16 for n in nodes[u]} | {n for part in float_parts.values() for n in part}
-    return {"fp16_units": fp16, "nodes": sorted(excluded), "units_without_nodes": [u for u in fp16 if not nodes[u]],
-            "options": options, "float_parts": {u: len(part) for u, part in float_parts.items()}}
-
-
-def _partial_float_nodes(plan: Plan, proto: Any, module: torch.nn.Module) -> dict[str, list[str]]:
-    """Units whose option quantizes only some sub-modules (`quantized_submodules(unit, kind)` is not None: the
-    fp16math attention options quantize their FP8 projections, not the attention math nor the FP16 projections):
-    unit -> its nodes outside those sub-modules, which stay in float. A unit whose quantized parts have no nodes is
-    an error (the plan cannot be expressed)."""
-    parts: dict[str, list[str]] = {}
-    for u, kind, unit in unit_modules(module):
-        opt = plan.units.get(u, FP16)
-        quantized = getattr(get_option(opt), "quantized_submodules", None)
-        subs = quantized(unit, kind) if opt != FP16 and callable(quantized) else None
-        if subs is not None:
-            parts[u] = [f"{u}.{p}" for p in subs]
-    if not parts:
-        return {}
-    whole = unit_nodes(proto, list(parts))
-    inner = unit_nodes(proto, [p for ps in parts.values() for p in ps])
-    out: dict[str, list[str]] = {}
-    for u, subs in parts.items():
-        empty = [p for p in subs if not inner[p]]
-        if empty or not whole[u]:
-            raise AnnaError(f"unit {u} ({plan.units[u]}): no graph nodes for {', '.join(empty) or u}; the ONNX export "
-                            "cannot keep its float parts apart")
-        quantized_nodes = {n for p in subs for n in inner[p]}
-        out[u] = [n for n in whole[u] if n not in quantized_nodes]
-    return out
+    return {"fp16_units": fp16, "nodes": sorted({n for u in fp16 for n in nodes[u]}),
+            "units_without_nodes": [u for u in fp16 if not nodes[u]], "options": options}
 
 
 def check_expressible(plan: Plan | None) -> None:
@@ -304,7 +275,7 @@ def _export_one(
                                 external_data_threshold=threshold)
         entry.update(quantized=True, calibration=source, fp16_units=excl["fp16_units"],
                      units_without_nodes=excl["units_without_nodes"], plan_options=excl["options"],
-                     float_parts=excl["float_parts"], **report.to_json())
+                     **report.to_json())
         _say(echo, f"{component}: QDQ with {report.samples} calibration input(s), {len(excl['fp16_units'])} FP16 "
                    f"unit(s) ({report.excluded_nodes} nodes) kept in float, in {time.perf_counter() - t0:.1f}s")
     entry["external_data"] = (out / (target.name + ".data")).is_file()
@@ -406,7 +377,7 @@ def export_generic_onnx(
                                 external_data_threshold=external_data_threshold)
         entry.update(quantized=True, calibration="calibration batches", fp16_units=excl["fp16_units"],
                      units_without_nodes=excl["units_without_nodes"], plan_options=excl["options"],
-                     float_parts=excl["float_parts"], **report.to_json())
+                     **report.to_json())
     else:
         copy_model(fp32, target, external_data_threshold)
         entry.update(quantized=False)
