@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from anna.analyze.linearized import dominated
 from anna.analyze.stage import Analysis, load_analysis
 from anna.artifacts import write_json
 from anna.errors import AnnaError
@@ -72,14 +73,16 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
             f"({smallest:,} bytes)"
         )
     G = em.gram()
-    results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, ok, reference_bytes=total)}
+    # Options worse on their own than a no-larger option of the same unit never enter anna's DP.
+    keep = ok & ~dominated(np.where(ok, em.diag, np.inf), sizes)
+    results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, keep, reference_bytes=total)}
     # Variants of anna's own model for the measured pick: uncorrected (every cross term) and own MSEs only.
     if (em.diag_scale, em.cross_scale) != (1.0, 1.0):
         raw = replace(em, diag_scale=1.0, cross_scale=1.0)
-        results["anna:uncorrected"] = solve_front(raw.gram(), sizes, budgets, base, ok, reference_bytes=total)
+        results["anna:uncorrected"] = solve_front(raw.gram(), sizes, budgets, base, keep, reference_bytes=total)
     if em.cross_scale != 0.0:
         own = np.where(ok, em.diag, 0.0)
-        results["anna:own-only"] = solve_separable_front(own, sizes, budgets, base, ok, reference_bytes=total)
+        results["anna:own-only"] = solve_separable_front(own, sizes, budgets, base, keep, reference_bytes=total)
     rng = np.random.default_rng(0)
     methods: dict[str, Callable[[int], Any]] = {
         "uniform": lambda b: uniform(G, sizes, b, base, ok),
@@ -101,21 +104,48 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
 
 
 def _pick_measured(
-    results: dict[str, list[Any]], measured: Callable[[np.ndarray], float], analysis: Analysis, polish: int
+    results: dict[str, list[Any]],
+    budgets: Sequence[int],
+    measured: Callable[[np.ndarray], float],
+    analysis: Analysis,
+    polish: int,
+    known: dict[tuple[int, ...], float] | None = None,
+    margin: float = 0.05,
+    progress: bool = False,
 ) -> list[str]:
-    """The error model proposes, measurement disposes: at each budget keep the best measured of anna's candidates
-    (the corrected model's plan, the variants', and the plans chosen at smaller budgets, which also fit), then polish
-    it by measurement. Updates results["anna"] in place and returns where each chosen plan came from."""
+    """The error model proposes, measurement disposes where the model is unsure. At each budget the candidates are
+    anna's plans (the corrected model's and the variants'), the plans chosen at smaller budgets, and every plan
+    measured so far (`known`: choice -> MSE, baselines included) that fits. A candidate is measured only when its
+    prediction is within `margin` of the best prediction; the best measured one is taken (an already-measured plan
+    that beats the model's at fewer bytes wins). `polish` > 0 then tries same-size swaps by measurement. Updates
+    results["anna"] in place and returns where each chosen plan came from."""
+    from tqdm.auto import tqdm
+
+    known = known if known is not None else {}
+    em, sizes, base = analysis.error_model, analysis.sizes, analysis.base_bytes
+    rows = np.arange(sizes.shape[0])
     variants = [k for k in results if k == "anna" or k.startswith("anna:")]
     chosen: list[Any] = []
     sources: list[str] = []
-    for k in range(len(results["anna"])):
+    template = next(s for v in variants for s in results[v] if s is not None)
+    for k in tqdm(range(len(results["anna"])), desc="search: pick", unit="budget", disable=not progress):
         candidates = [(results[v][k], v) for v in variants if results[v][k] is not None]
         candidates += [(c, "smaller-budget plan") for c in chosen]
-        best, source = min(candidates, key=lambda cs: measured(cs[0].choice))
-        choice = _polish_same_size(best.choice, analysis, measured, polish)
+        for key in list(known):
+            choice = np.array(key)
+            if base + sizes[rows, choice].sum() <= budgets[k]:
+                candidates.append((replace(template, choice=choice, objective=em.predict(choice), status="feasible"),
+                                   "measured plan"))
+        predictions = [em.predict(c.choice) for c, _ in candidates]
+        floor = min(predictions)
+        pool = [
+            (c, src) for (c, src), p in zip(candidates, predictions, strict=True)
+            if tuple(int(x) for x in c.choice) in known or p <= floor * (1 + margin)
+        ]
+        best, source = min(pool, key=lambda cs: measured(cs[0].choice))
+        choice = _polish_same_size(best.choice, analysis, measured, polish) if polish > 0 else best.choice
         if not np.array_equal(choice, best.choice):
-            best = replace(best, choice=choice, objective=analysis.error_model.predict(choice), status="feasible")
+            best = replace(best, choice=choice, objective=em.predict(choice), status="feasible")
             source += " + measured polish"
         chosen.append(best)
         sources.append(source)
@@ -154,19 +184,28 @@ def search(
     measure: bool = True,
     baselines: bool = True,
     corrected: bool = True,
-    polish: int = 8,
+    polish: int = 0,
+    margin: float = 0.05,
     model: Any = None,
+    progress: bool = False,
     echo: Callable[[str], Any] | None = print,
 ) -> Path:
-    """Solve for every ratio, write the plans and `front.json`; returns the path of front.json. With `measure`, the
-    plans are measured, and the `polish` most sensitive units of each are tried in their other same-size options."""
+    """Solve for every ratio, write the plans and `front.json`; returns the path of front.json. With `measure`,
+    the baselines' plans are measured, and anna's candidates whose predictions lie within `margin` of the best (see
+    `_pick_measured`); with `polish` > 0 the most sensitive units of each plan are tried in their other same-size
+    options. The time of each phase is echoed."""
+    import time
+
     from anna.plan import make_plan
 
     run_dir = Path(run_dir)
+    t0 = time.perf_counter()
     analysis = load_analysis(run_dir, corrected)
     em = analysis.error_model
     ratios = sorted(ratios)
+    budgets = [int(np.floor(r * analysis.total_bytes_fp16)) for r in ratios]
     results = _solve_all(analysis, ratios)
+    phases = {"solve": time.perf_counter() - t0}
     if not baselines:
         results = {k: v for k, v in results.items() if k == "anna" or k.startswith("anna:")}
     trial = None
@@ -195,7 +234,18 @@ def search(
                 cache[key] = measured_mse(trial.run, trial.samples, refs)
         return cache[key]
 
-    sources = _pick_measured(results, measured, analysis, polish) if trial is not None else ["model"] * len(ratios)
+    t0 = time.perf_counter()
+    sources = ["model"] * len(ratios)
+    if trial is not None:
+        from tqdm.auto import tqdm
+
+        todo = [sol for name, sols in results.items() if name in BASELINES for sol in sols if sol is not None]
+        for sol in tqdm(todo, desc="search: baselines", unit="plan", disable=not progress):
+            measured(sol.choice)
+        phases["measure baselines"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sources = _pick_measured(results, budgets, measured, analysis, polish, cache, margin, progress)
+        phases["pick anna's plans"] = time.perf_counter() - t0
     results = {k: v for k, v in results.items() if not k.startswith("anna:")}
 
     front: dict[str, Any] = {
@@ -244,9 +294,11 @@ def search(
             front["points"] = rows
         else:
             front["baselines"][method] = rows
+    front["search"] = {"measured_plans": len(cache), "seconds": {k: round(v, 3) for k, v in phases.items()}}
     path = write_json(run_dir / "front.json", front)
     if echo:
         echo(_table(front))
+        echo(f"search: {len(cache)} plans measured; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return path
 
 

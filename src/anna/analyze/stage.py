@@ -21,6 +21,7 @@ import torch
 from anna.adapters.base import Model
 from anna.analyze.batching import merge_samples
 from anna.analyze.error_model import ErrorModel, build_error_model, measured_mse, reference_outputs
+from anna.analyze.linearized import DEFAULT_PROBES, build_linear_model
 from anna.analyze.quantizer import UnitQuantizer
 from anna.analyze.validate import corrected_report, measure_plans, random_plans, validation_report
 from anna.artifacts import read_json, read_tensors, write_json, write_tensors
@@ -29,6 +30,19 @@ from anna.inventory import Inventory, build_inventory
 from anna.options.registry import DEFAULT_BAG, parse_bag
 
 ANALYSIS = "analysis"
+ERROR_MODELS = ("exact", "linear")
+
+
+def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]:
+    """build_error_model's signature over the linearised model (it has no per-unit checkpoints: it is fast)."""
+
+    def build(run, samples, units, options, quantize, *, seed, progress, component, grad_run, **_ignored):
+        return build_linear_model(
+            grad_run, samples, units, options, quantize, component, probes=probes, seed=seed, progress=progress,
+            sizes=sizes,
+        )
+
+    return build
 
 
 @dataclass
@@ -111,8 +125,14 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     echo: Callable[[str], Any] | None = print,
+    error_model: str = "exact",
+    probes: int = DEFAULT_PROBES,
 ) -> Path:
-    """Build, validate and save the error model of `run_dir`; returns the analysis folder."""
+    """Build, validate and save the error model of `run_dir`; returns the analysis folder. `error_model` is
+    "exact" (one component run per unit, option and sample) or "linear" (`probes` backward passes per sample and
+    one local run per unit-option: see anna.analyze.linearized)."""
+    if error_model not in ERROR_MODELS:
+        raise AnnaError(f"unknown error model '{error_model}': choose one of {', '.join(ERROR_MODELS)}")
     start = time.time()
     run_dir = Path(run_dir)
     out = run_dir / ANALYSIS
@@ -127,6 +147,7 @@ def analyze(
         "fisher_samples": fisher_samples,
         "samples": len(trial.samples),
         "seed": seed,
+        **({"error_model": error_model, "probes": probes} if error_model != "exact" else {}),
     }
     config_id = _config_id(config)
     if _finished(out, config_id, validate):
@@ -145,7 +166,9 @@ def analyze(
         write_tensors(out / "partial.safetensors", em.to_tensors())
         write_json(out / "partial.json", {"config_id": config_id, "done": units_done, "n_elements": em.n_elements})
 
-    em = build_error_model(
+    sizes, base = _sizes(trial.inventory, trial.units, options)
+    build = build_error_model if error_model == "exact" else _linear_builder(probes, sizes)
+    em = build(
         trial.run,
         trial.samples,
         trial.units,
@@ -161,7 +184,6 @@ def analyze(
         fisher_samples=min(fisher_samples, len(trial.samples)),
         grad_run=trial.run_with_grad,
     )
-    sizes, base = _sizes(trial.inventory, trial.units, options)
     analysis = Analysis(trial.model.name, trial.component, em, sizes, base, trial.inventory.total_bytes_fp16)
     write_tensors(out / "error_model.safetensors", em.to_tensors())
     write_json(
