@@ -133,9 +133,11 @@ def _pick_measured(
         candidates += [(c, "smaller-budget plan") for c in chosen]
         for key in list(known):
             choice = np.array(key)
-            if base + sizes[rows, choice].sum() <= budgets[k]:
-                candidates.append((replace(template, choice=choice, objective=em.predict(choice), status="feasible"),
-                                   "measured plan"))
+            used = int(base + sizes[rows, choice].sum())
+            if used <= budgets[k]:
+                sol = replace(template, choice=choice, objective=em.predict(choice), status="feasible", bytes=used,
+                              budget=budgets[k])
+                candidates.append((sol, "measured plan"))
         predictions = [em.predict(c.choice) for c, _ in candidates]
         floor = min(predictions)
         pool = [
