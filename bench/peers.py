@@ -102,7 +102,7 @@ def run_anna(calib, heldout, ref, out: Path, error_model: str) -> dict:
     start = math.ceil(smallest * 10000) / 10000
     ratios = [round(start + o, 4) for o in OFFSETS]
     t0 = time.perf_counter()
-    front = json.loads(search(run_dir, ratios, model=calib, baselines=False, echo=None).read_text())
+    front = json.loads(search(run_dir, ratios, model=calib, baselines=False, measure_all=False, echo=None).read_text())
     times["search"] = time.perf_counter() - t0
     quantizer = UnitQuantizer(heldout.component(), load_stats(run_dir))
     rows = []

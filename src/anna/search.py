@@ -112,12 +112,14 @@ def _pick_measured(
     known: dict[tuple[int, ...], float] | None = None,
     margin: float = 0.05,
     progress: bool = False,
+    measure_all: bool = True,
 ) -> list[str]:
     """The error model proposes, measurement disposes where the model is unsure. At each budget the candidates are
     anna's plans (the corrected model's and the variants'), the plans chosen at smaller budgets, and every plan
     measured so far (`known`: choice -> MSE, baselines included) that fits. A candidate is measured only when its
     prediction is within `margin` of the best prediction; the best measured one is taken (an already-measured plan
-    that beats the model's at fewer bytes wins). `polish` > 0 then tries same-size swaps by measurement. Updates
+    that beats the model's at fewer bytes wins); a lone candidate is measured only with `measure_all`. `polish` > 0
+    then tries same-size swaps by measurement. Updates
     results["anna"] in place and returns where each chosen plan came from."""
     from tqdm.auto import tqdm
 
@@ -144,7 +146,11 @@ def _pick_measured(
             (c, src) for (c, src), p in zip(candidates, predictions, strict=True)
             if tuple(int(x) for x in c.choice) in known or p <= floor * (1 + margin)
         ]
-        best, source = min(pool, key=lambda cs: measured(cs[0].choice))
+        distinct = {tuple(int(x) for x in c.choice) for c, _ in pool}
+        if len(distinct) == 1 and not measure_all:  # nothing to decide: the model's plan, unmeasured
+            best, source = pool[0]
+        else:
+            best, source = min(pool, key=lambda cs: measured(cs[0].choice))
         choice = _polish_same_size(best.choice, analysis, measured, polish) if polish > 0 else best.choice
         if not np.array_equal(choice, best.choice):
             best = replace(best, choice=choice, objective=em.predict(choice), status="feasible")
@@ -188,13 +194,15 @@ def search(
     corrected: bool = True,
     polish: int = 0,
     margin: float = 0.05,
+    measure_all: bool = True,
     model: Any = None,
     progress: bool = False,
     echo: Callable[[str], Any] | None = print,
 ) -> Path:
     """Solve for every ratio, write the plans and `front.json`; returns the path of front.json. With `measure`,
     the baselines' plans are measured, and anna's candidates whose predictions lie within `margin` of the best (see
-    `_pick_measured`); with `polish` > 0 the most sensitive units of each plan are tried in their other same-size
+    `_pick_measured`), and, with `measure_all`, every plan written (else only those measured to decide); with
+    `polish` > 0 the most sensitive units of each plan are tried in their other same-size
     options. The time of each phase is echoed."""
     import time
 
@@ -246,7 +254,7 @@ def search(
             measured(sol.choice)
         phases["measure baselines"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sources = _pick_measured(results, budgets, measured, analysis, polish, cache, margin, progress)
+        sources = _pick_measured(results, budgets, measured, analysis, polish, cache, margin, progress, measure_all)
         phases["pick anna's plans"] = time.perf_counter() - t0
     results = {k: v for k, v in results.items() if not k.startswith("anna:")}
 
@@ -265,7 +273,8 @@ def search(
                 continue
             assignment = dict(zip(em.units, (em.options[c] for c in sol.choice), strict=True))
             predicted = em.predict(sol.choice)
-            real = measured(sol.choice)
+            key = tuple(int(c) for c in sol.choice)
+            real = measured(sol.choice) if measure_all or key in cache else None
             plan = make_plan(
                 inventory,
                 assignment,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from anna.analyze.error_model import ErrorModel, Runner
 from anna.analyze.fisher import _first_tensor
 
-DEFAULT_PROBES = 8
+DEFAULT_PROBES = 4  # own-term spread 4.6% on MiniLM (8: 3.9%, 2: 8.6%), at half the backward cost of 8
 
 
 @dataclass
