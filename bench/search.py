@@ -124,7 +124,11 @@ def fidelity_both(name: str, model, run_dir: Path, n: int = 32, heldout_model=No
         analyses[mode] = load_analysis(dst, corrected=False)
     trial = open_trial(run_dir.parent / f"{run_dir.name}-exact", model)
     n_units, m = analyses["exact"].error_model.shape
-    passes = count_passes(n_units, m, len(trial.samples))
+    from anna.analyze.batching import batch_size
+
+    rows = batch_size(trial.samples[0]) or 1
+    passes = count_passes(n_units, m, len(trial.samples), rows)
+    out["rows_per_sample"] = rows
     out["passes"] = passes
     out["seconds_per_pass"] = {k: out[f"{k}_seconds"] / passes[k] for k in passes}
     plans, seen = [], set()
@@ -180,9 +184,10 @@ def fidelity_both(name: str, model, run_dir: Path, n: int = 32, heldout_model=No
     return out
 
 
-def sdxl_cost(tiny: dict, samples: int = 8) -> dict:
-    """Analysis passes on the `sdxl` meta inventory for both models, and the time predicted from tiny-sdxl's
-    measured seconds per pass scaled by the UNet parameter ratio (a pass costs about its parameters' FLOPs)."""
+def sdxl_cost(tiny: dict, samples: int = 1, rows: int = 16) -> dict:
+    """Analysis passes on the `sdxl` meta inventory for both models (8 cached CFG pairs merged into one sample of
+    16 rows, as analysis merges them), and the time predicted from tiny-sdxl's measured seconds per pass, scaled by
+    the UNet parameter ratio (a pass costs about its parameters' FLOPs) and by the rows per pass."""
     from anna.adapters import load_model
     from anna.analyze.linearized import count_passes
     from anna.inventory import build_inventory
@@ -191,9 +196,10 @@ def sdxl_cost(tiny: dict, samples: int = 8) -> dict:
     big = build_inventory(load_model("sdxl"))
     small = build_inventory(load_model("tiny-sdxl"))
     scale = sum(u.params for u in big.units) / sum(u.params for u in small.units)
-    passes = count_passes(len(big.units), len(DEFAULT_BAG), samples, tiny["probes"])
+    passes = count_passes(len(big.units), len(DEFAULT_BAG), samples, rows, tiny["probes"])
+    scale *= rows / tiny["rows_per_sample"]
     seconds = {k: passes[k] * tiny["seconds_per_pass"][k] * scale for k in passes}
-    return {"units": len(big.units), "options": len(DEFAULT_BAG), "samples": samples, "passes": passes,
+    return {"units": len(big.units), "options": len(DEFAULT_BAG), "samples": samples, "rows": rows, "passes": passes,
             "linear_over_exact_passes": passes["linear"] / passes["exact"], "param_scale_vs_tiny": scale,
             "predicted_seconds_cpu": seconds}
 

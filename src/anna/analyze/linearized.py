@@ -24,9 +24,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from anna.analyze.batching import batch_size
 from anna.analyze.error_model import ErrorModel, Runner
 from anna.analyze.fisher import _first_tensor
 
+MIN_PROJECTIONS = 256  # probes x batch rows over all samples, at least: few rows get more probes
 DEFAULT_PROBES = 4  # own-term spread 4.6% on MiniLM (8: 3.9%, 2: 8.6%), at half the backward cost of 8
 
 
@@ -126,13 +128,15 @@ def build_linear_model(
     on_pass: Callable[[str], None] | None = None,
     sizes: np.ndarray | None = None,
     prune_margin: float = 4.0,
+    min_projections: int = MIN_PROJECTIONS,
 ) -> ErrorModel:
     """The linearised model of `units` x `options` (options[0] is fp16) over the cached `samples`. `quantizer`
     is a UnitQuantizer (its `quantized_copy(unit, option)` gives the unit's quantized module). `on_pass(kind)` is
     called per component pass ("forward", "backward") and per local unit run ("local"), to count the cost.
-    With `sizes` (units x options bytes), an option whose own error on the first sample is over `prune_margin` times
-    that of an option of the same unit that is no larger is dropped there: it is never run again, and its error is
-    infinite (the search never picks it)."""
+    With `sizes` (units x options bytes), an option whose Fisher score (sum g^2 d^2) on the first sample is over
+    `prune_margin` times that of an option of the same unit that is no larger is dropped there: it is never run
+    again, and its error is infinite (the search never picks it). The probes are raised so that probes x batch rows
+    over all samples is at least `min_projections`: the noise of the estimate falls with that number."""
     if options[0] != "fp16":
         raise ValueError("options[0] must be fp16")
     n, m = len(units), len(options)
@@ -141,6 +145,7 @@ def build_linear_model(
     fisher = np.zeros((n, m))
     n_elements = 0
     alive = np.ones((n, m), dtype=bool)
+    total_rows = sum(batch_size(s) or 1 for s in samples)
     bar = tqdm(total=len(samples) * n, desc="analyze (linear)", unit="unit", disable=not progress)
     for sample in samples:
         with torch.enable_grad(), record_units(component, units) as seen:
@@ -152,10 +157,11 @@ def build_linear_model(
             if not all(t.dim() > 0 and t.shape[0] == rows for _, t in outs):
                 rows = 1  # some unit mixes batch rows: project whole samples
             n_elements += y.numel()
-            grads = _probe_gradients(y, [t for _, t in outs], probes, gen)
-            for _ in range(probes if on_pass else 0):
+            k_here = max(probes, -(-min_projections // total_rows))
+            grads = _probe_gradients(y, [t for _, t in outs], k_here, gen)
+            for _ in range(k_here if on_pass else 0):
                 on_pass("backward")
-        block = np.zeros((n, m, probes * rows), dtype=np.float64)
+        block = np.zeros((n, m, k_here * rows), dtype=np.float64)
         c = 0
         for i, u in enumerate(units):
             calls = seen[u]
@@ -164,14 +170,14 @@ def build_linear_model(
             if not idx:
                 bar.update(1)
                 continue
-            g_rows = [grads[q].reshape(probes, rows, -1) for q in idx]  # (probes, rows, e)
+            g_rows = [grads[q].reshape(k_here, rows, -1) for q in idx]  # (probes, rows, e)
             g_sq = [g.pow(2).mean(0) for g in g_rows]
             refs = [calls.outputs[q - idx[0]].detach().float() for q in idx]
             for j in range(1, m):
                 if not alive[i, j]:
                     continue
                 module = quantizer.quantized_copy(u, options[j])
-                s = torch.zeros(probes, rows, dtype=torch.float64)
+                s = torch.zeros(k_here, rows, dtype=torch.float64)
                 f_sum, sq = 0.0, 0.0
                 with torch.inference_mode():
                     for (args, kwargs), ref, g, g2 in zip(calls.inputs, refs, g_rows, g_sq, strict=True):
@@ -185,13 +191,13 @@ def build_linear_model(
                 if not (np.isfinite(sq) and np.all(np.isfinite(vec))):
                     block[i, j] = np.nan
                     continue
-                block[i, j] = vec / np.sqrt(probes)
+                block[i, j] = vec / np.sqrt(k_here)
                 fisher[i, j] += f_sum
             bar.update(1)
         blocks.append(block)
         del grads, seen
-        if sizes is not None and len(blocks) == 1:
-            alive &= ~dominated((block**2).sum(2), sizes, prune_margin)
+        if sizes is not None and len(blocks) == 1:  # the elementwise (Fisher) score: far less noisy than s^2
+            alive &= ~dominated(np.where(np.isfinite(block).all(2), fisher, np.inf), sizes, prune_margin)
     bar.close()
     sketches = np.concatenate(blocks, axis=2)
     bad = ~np.all(np.isfinite(sketches), axis=2) | ~alive
@@ -208,13 +214,17 @@ def build_linear_model(
     )
 
 
-def count_passes(n_units: int, n_options: int, n_samples: int, probes: int = DEFAULT_PROBES) -> dict[str, float]:
-    """Component-pass equivalents of each model: the exact model runs the component once per (unit, option,
-    sample) plus the reference; the linear one runs a forward, `probes` backwards (~2 forwards each) and, per
-    option, every unit once locally (together about one component forward per option) per sample."""
+def count_passes(
+    n_units: int, n_options: int, n_samples: int, rows: int, probes: int = DEFAULT_PROBES,
+    min_projections: int = MIN_PROJECTIONS,
+) -> dict[str, float]:
+    """Component-pass equivalents (each over one cached sample of `rows` batch rows) of each model: the exact model
+    runs the component once per (unit, option, sample) plus the reference; the linear one runs a forward, its
+    probes' backwards (about two forwards each) and, per option, every unit once locally (together about one
+    component forward per option), per sample, before pruning."""
     q = n_options - 1
+    k = max(probes, -(-min_projections // max(rows * n_samples, 1)))
     return {
         "exact": float(n_samples * (1 + n_units * q)),
-        "linear": float(n_samples * (1 + 2 * probes + q)),
+        "linear": float(n_samples * (1 + 2 * k + q)),
     }
-
