@@ -87,7 +87,7 @@ def peer_fp8_linears(state: dict) -> set[str]:
     return out
 
 
-def run_anna(calib, heldout, ref, out: Path, error_model: str) -> dict:
+def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | None = None) -> dict:
     run_dir = out / "anna"
     shutil.rmtree(run_dir, ignore_errors=True)
     times = {}
@@ -95,7 +95,7 @@ def run_anna(calib, heldout, ref, out: Path, error_model: str) -> dict:
     calibrate(calib, run_dir, cache_samples=len(calib.batches), progress=False)
     times["calibrate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    analyze(run_dir, model=calib, validate=0, progress=False, echo=None, error_model=error_model)
+    analyze(run_dir, model=calib, bag=bag, validate=0, progress=False, echo=None, error_model=error_model)
     times["analyze"] = time.perf_counter() - t0
     analysis = load_analysis(run_dir)
     smallest = analysis.size_ratio(analysis.sizes.argmin(1))
@@ -170,6 +170,7 @@ def main() -> None:
     ap.add_argument("--error-model", default="linear", choices=["linear", "exact"])
     ap.add_argument("--calib", default="1-200")
     ap.add_argument("--test", default="4001-4500")
+    ap.add_argument("--bag", default=None, help="anna's options, comma-separated (default: the registry's bag)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,8 +179,8 @@ def main() -> None:
     ref = embed(heldout, heldout.component())
     total_fp16 = build_inventory(calib).total_bytes_fp16
     result: dict = {"model": calib.name, "calib_rows": args.calib, "test_rows": args.test,
-                    "error_model": args.error_model}
-    anna = run_anna(calib, heldout, ref, out, args.error_model)
+                    "error_model": args.error_model, "bag": args.bag}
+    anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None)
     try:
         peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out)
     except ImportError as e:
