@@ -28,6 +28,7 @@ from anna.analyze.batching import batch_size
 from anna.analyze.error_model import ErrorModel, Runner
 from anna.analyze.fisher import _first_tensor
 
+PRUNE_PROJECTIONS = 128  # projections seen before dominated options are dropped
 MIN_PROJECTIONS = 256  # probes x batch rows over all samples, at least: few rows get more probes
 DEFAULT_PROBES = 4  # own-term spread 4.6% on MiniLM (8: 3.9%, 2: 8.6%), at half the backward cost of 8
 
@@ -133,7 +134,7 @@ def build_linear_model(
     """The linearised model of `units` x `options` (options[0] is fp16) over the cached `samples`. `quantizer`
     is a UnitQuantizer (its `quantized_copy(unit, option)` gives the unit's quantized module). `on_pass(kind)` is
     called per component pass ("forward", "backward") and per local unit run ("local"), to count the cost.
-    With `sizes` (units x options bytes), an option whose Fisher score (sum g^2 d^2) on the first sample is over
+    With `sizes` (units x options bytes), once 128 projections are in, an option whose own term is over
     `prune_margin` times that of an option of the same unit that is no larger is dropped there: it is never run
     again, and its error is infinite (the search never picks it). The probes are raised so that probes x batch rows
     over all samples is at least `min_projections`: the noise of the estimate falls with that number."""
@@ -146,6 +147,7 @@ def build_linear_model(
     n_elements = 0
     alive = np.ones((n, m), dtype=bool)
     total_rows = sum(batch_size(s) or 1 for s in samples)
+    pruned = False
     bar = tqdm(total=len(samples) * n, desc="analyze (linear)", unit="unit", disable=not progress)
     for sample in samples:
         with torch.enable_grad(), record_units(component, units) as seen:
@@ -196,8 +198,13 @@ def build_linear_model(
             bar.update(1)
         blocks.append(block)
         del grads, seen
-        if sizes is not None and len(blocks) == 1:  # the elementwise (Fisher) score: far less noisy than s^2
-            alive &= ~dominated(np.where(np.isfinite(block).all(2), fisher, np.inf), sizes, prune_margin)
+        seen_cols = sum(b.shape[2] for b in blocks)
+        if sizes is not None and not pruned and seen_cols >= PRUNE_PROJECTIONS:
+            # own terms so far: with >= 128 projections their spread is ~12%, far inside the 4x margin. (The Fisher
+            # score ignores correlations inside a unit's delta and is off by more than 4x on convolutions.)
+            own = sum((b**2).sum(2) for b in blocks)
+            alive &= ~dominated(np.where(np.isfinite(own), own, np.inf), sizes, prune_margin)
+            pruned = True
     bar.close()
     sketches = np.concatenate(blocks, axis=2)
     bad = ~np.all(np.isfinite(sketches), axis=2) | ~alive
