@@ -269,7 +269,7 @@ def bench_minilm(out: Path, quick: bool) -> dict:
     }
 
 
-def bench_fidelity(out: Path, quick: bool) -> dict:
+def bench_fidelity(out: Path, quick: bool, minilm_too: bool = True) -> dict:
     """Fidelity of both error models on tiny-sdxl's UNet and MiniLM, and the analysis cost predicted at SDXL size."""
     from anna.adapters import load_model, minilm
 
@@ -278,6 +278,8 @@ def bench_fidelity(out: Path, quick: bool) -> dict:
     run_dir = out / "fid-tiny"
     calibrate(model, run_dir, prompts=load_prompts(f"{COCO}:1-8"), cache_samples=4, progress=False)
     tiny = fidelity_both("tiny-sdxl", model, run_dir, n)
+    if not minilm_too:
+        return {"tiny_sdxl": tiny, "sdxl_analysis_cost": sdxl_cost(tiny)}
     calib = minilm.load(load_prompts(f"{COCO}:1-200"))
     heldout = minilm.load(load_prompts(f"{COCO}:4001-{4100 if quick else 4500}"))
     run_dir = out / "fid-minilm"
@@ -293,15 +295,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/anna-bench-search")
     ap.add_argument("--quick", action="store_true", help="fewer prompts and budgets")
-    ap.add_argument("--only", choices=["tiny", "minilm", "fidelity"], default=None)
+    ap.add_argument("--only", choices=["tiny", "minilm", "fidelity", "fidelity-tiny"], default=None)
     ap.add_argument("--error-model", default=None, choices=["exact", "linear"], help="anna's model in the sweeps")
     args = ap.parse_args()
     out = Path(args.out)
     results = {}
     if args.error_model:
         ANALYZE_OPTIONS["error_model"] = args.error_model
-    if args.only == "fidelity":
-        results["fidelity"] = bench_fidelity(out, args.quick)
+    if args.only in ("fidelity", "fidelity-tiny"):
+        results["fidelity"] = bench_fidelity(out, args.quick, minilm_too=args.only == "fidelity")
         print(json.dumps(results))
         return
     if args.only in (None, "tiny"):

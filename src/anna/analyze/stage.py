@@ -32,6 +32,9 @@ from anna.options.registry import DEFAULT_BAG, parse_bag
 
 ANALYSIS = "analysis"
 ERROR_MODELS = ("exact", "linear")
+# Early pruning inside the linear model: off, since on tiny-sdxl it dropped options that the exact model's plans use
+# (bench/search.py --only fidelity: Spearman 0.26 with it).
+PRUNE = False
 
 
 def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]:
@@ -40,7 +43,7 @@ def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]
     def build(run, samples, units, options, quantize, *, seed, progress, component, grad_run, **_ignored):
         return build_linear_model(
             grad_run, samples, units, options, quantize, component, probes=probes, seed=seed, progress=progress,
-            sizes=sizes,
+            sizes=sizes if PRUNE else None,
         )
 
     return build
