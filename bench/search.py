@@ -24,6 +24,7 @@ from anna.prompts import load_prompts
 from anna.search import search
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2014_val_captions.tsv"
+ANALYZE_OPTIONS: dict = {}  # extra arguments of analyze() in the sweeps (--error-model)
 
 
 def sweep(analysis, top: float = 0.60, n: int = 11) -> list[float]:
@@ -100,6 +101,109 @@ def held_out(run_dir: Path, heldout_model, front: dict) -> None:
                 p["heldout_mse"] = measured_mse(run, samples, refs)
 
 
+def fidelity_both(name: str, model, run_dir: Path, n: int = 32, heldout_model=None) -> dict:
+    """Both error models built from the same calibration; both judged on the same `n` plans near the front (half
+    from each model's DP, with perturbed copies), spanning S to S + 0.10: Spearman of predicted against measured
+    MSE on the cached calibration inputs (and on held-out batches for generic models). Also the analysis time
+    and component passes of each."""
+    import shutil
+
+    from anna.analyze.fidelity import fidelity, near_front_plans
+    from anna.analyze.linearized import DEFAULT_PROBES, count_passes
+    from anna.analyze.stage import open_trial
+
+    out: dict = {"model": name, "probes": DEFAULT_PROBES}
+    analyses = {}
+    for mode in ("exact", "linear"):
+        dst = run_dir.parent / f"{run_dir.name}-{mode}"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("analysis", "plans", "front.json"))
+        t0 = time.perf_counter()
+        analyze(dst, model=model, validate=0, progress=False, echo=None, error_model=mode)
+        out[f"{mode}_seconds"] = time.perf_counter() - t0
+        analyses[mode] = load_analysis(dst, corrected=False)
+    trial = open_trial(run_dir.parent / f"{run_dir.name}-exact", model)
+    n_units, m = analyses["exact"].error_model.shape
+    from anna.analyze.batching import batch_size
+
+    rows = batch_size(trial.samples[0]) or 1
+    passes = count_passes(n_units, m, len(trial.samples), rows)
+    out["rows_per_sample"] = rows
+    out["passes"] = passes
+    out["seconds_per_pass"] = {k: out[f"{k}_seconds"] / passes[k] for k in passes}
+    plans, seen = [], set()
+    for a in analyses.values():
+        ok = np.isfinite(a.error_model.diag)
+        for _, c in near_front_plans(a.error_model.gram(), a.sizes, a.base_bytes, a.total_bytes_fp16, ok, n // 2):
+            if tuple(c) not in seen:
+                seen.add(tuple(c))
+                plans.append(c)
+    refs = reference_outputs(trial.run, trial.samples)
+    em = analyses["exact"].error_model
+
+    def on_calibration(choice):
+        with trial.quantizer(trial.assignment(em.options, choice)):
+            return measured_mse(trial.run, trial.samples, refs)
+
+    measures = {"calibration": on_calibration}
+    if heldout_model is not None:
+        from anna.analyze.quantizer import UnitQuantizer
+        from anna.calibrate import load_stats
+
+        module, batches = heldout_model.component(), list(heldout_model.batches)
+        quantizer = UnitQuantizer(module, load_stats(run_dir))
+
+        def run(batch):
+            import torch
+
+            with torch.inference_mode():
+                return heldout_model.forward(module, batch)
+
+        held_refs = reference_outputs(run, batches)
+
+        def on_heldout(choice):
+            with quantizer(trial.assignment(em.options, choice)):
+                return measured_mse(run, batches, held_refs)
+
+        measures["heldout"] = on_heldout
+
+    def predictor(a):
+        def predict(choice):
+            value = a.error_model.predict(choice)
+            return value if np.isfinite(value) else 1e30  # an option the model pruned: predicted worst
+
+        return predict
+
+    report = fidelity(plans, {k: predictor(a) for k, a in analyses.items()}, measures)
+    report["size_ratios"] = [analyses["exact"].size_ratio(c) for c in plans]
+    out.update(report)
+    pairs = {k: v for k, v in report.items() if isinstance(v, dict) and "spearman" in v}
+    figures = [f"{k} Spearman {v['spearman']:.3f}" for k, v in pairs.items()]
+    print(f"{name}: fidelity on {len(plans)} plans from {min(report['size_ratios']):.4f} to "
+          f"{max(report['size_ratios']):.4f}: " + ", ".join(figures))
+    return out
+
+
+def sdxl_cost(tiny: dict, samples: int = 1, rows: int = 16) -> dict:
+    """Analysis passes on the `sdxl` meta inventory for both models (8 cached CFG pairs merged into one sample of
+    16 rows, as analysis merges them), and the time predicted from tiny-sdxl's measured seconds per pass, scaled by
+    the UNet parameter ratio (a pass costs about its parameters' FLOPs) and by the rows per pass."""
+    from anna.adapters import load_model
+    from anna.analyze.linearized import count_passes
+    from anna.inventory import build_inventory
+    from anna.options.registry import DEFAULT_BAG
+
+    big = build_inventory(load_model("sdxl"))
+    small = build_inventory(load_model("tiny-sdxl"))
+    scale = sum(u.params for u in big.units) / sum(u.params for u in small.units)
+    passes = count_passes(len(big.units), len(DEFAULT_BAG), samples, rows, tiny["probes"])
+    scale *= rows / tiny["rows_per_sample"]
+    seconds = {k: passes[k] * tiny["seconds_per_pass"][k] * scale for k in passes}
+    return {"units": len(big.units), "options": len(DEFAULT_BAG), "samples": samples, "rows": rows, "passes": passes,
+            "linear_over_exact_passes": passes["linear"] / passes["exact"], "param_scale_vs_tiny": scale,
+            "predicted_seconds_cpu": seconds}
+
+
 def print_table(title: str, q: dict) -> None:
     names = [k for k in q["rows"][0] if k not in ("budget", "anna_best")]
     print(f"\n{title}: anna best at {q['budgets_where_anna_is_best']}/{q['budgets']} budgets")
@@ -117,7 +221,7 @@ def bench_tiny(out: Path, quick: bool) -> dict:
     t0 = time.time()
     calibrate(model, run_dir, prompts=load_prompts(f"{COCO}:1-{4 if quick else 8}"), cache_samples=4, progress=False)
     t1 = time.time()
-    analyze(run_dir, model=model, validate=30, progress=False, echo=None)
+    analyze(run_dir, model=model, validate=30, progress=False, echo=None, **ANALYZE_OPTIONS)
     t2 = time.time()
     ratios = sweep(load_analysis(run_dir), n=5 if quick else 11)
     front = json.loads(search(run_dir, ratios, model=model, echo=None).read_text())
@@ -146,7 +250,7 @@ def bench_minilm(out: Path, quick: bool) -> dict:
     t0 = time.time()
     calibrate(model, run_dir, cache_samples=7, progress=False)
     t1 = time.time()
-    analyze(run_dir, model=model, validate=30, progress=False, echo=None)
+    analyze(run_dir, model=model, validate=30, progress=False, echo=None, **ANALYZE_OPTIONS)
     t2 = time.time()
     ratios = sweep(load_analysis(run_dir), n=5 if quick else 11)
     front = json.loads(search(run_dir, ratios, model=model, echo=None).read_text())
@@ -165,14 +269,43 @@ def bench_minilm(out: Path, quick: bool) -> dict:
     }
 
 
+def bench_fidelity(out: Path, quick: bool, minilm_too: bool = True) -> dict:
+    """Fidelity of both error models on tiny-sdxl's UNet and MiniLM, and the analysis cost predicted at SDXL size."""
+    from anna.adapters import load_model, minilm
+
+    n = 16 if quick else 32
+    model = load_model("tiny-sdxl")
+    run_dir = out / "fid-tiny"
+    calibrate(model, run_dir, prompts=load_prompts(f"{COCO}:1-8"), cache_samples=4, progress=False)
+    tiny = fidelity_both("tiny-sdxl", model, run_dir, n)
+    if not minilm_too:
+        return {"tiny_sdxl": tiny, "sdxl_analysis_cost": sdxl_cost(tiny)}
+    calib = minilm.load(load_prompts(f"{COCO}:1-200"))
+    heldout = minilm.load(load_prompts(f"{COCO}:4001-{4100 if quick else 4500}"))
+    run_dir = out / "fid-minilm"
+    calibrate(calib, run_dir, cache_samples=7, progress=False)
+    mini = fidelity_both("MiniLM", calib, run_dir, n, heldout)
+    cost = sdxl_cost(tiny)
+    print(f"sdxl analysis: {cost['passes']} passes (linear/exact {cost['linear_over_exact_passes']:.4f}), "
+          f"predicted CPU seconds {cost['predicted_seconds_cpu']}")
+    return {"tiny_sdxl": tiny, "minilm": mini, "sdxl_analysis_cost": cost}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/anna-bench-search")
     ap.add_argument("--quick", action="store_true", help="fewer prompts and budgets")
-    ap.add_argument("--only", choices=["tiny", "minilm"], default=None)
+    ap.add_argument("--only", choices=["tiny", "minilm", "fidelity", "fidelity-tiny"], default=None)
+    ap.add_argument("--error-model", default=None, choices=["exact", "linear"], help="anna's model in the sweeps")
     args = ap.parse_args()
     out = Path(args.out)
     results = {}
+    if args.error_model:
+        ANALYZE_OPTIONS["error_model"] = args.error_model
+    if args.only in ("fidelity", "fidelity-tiny"):
+        results["fidelity"] = bench_fidelity(out, args.quick, minilm_too=args.only == "fidelity")
+        print(json.dumps(results))
+        return
     if args.only in (None, "tiny"):
         results["tiny_sdxl"] = bench_tiny(out, args.quick)
     if args.only in (None, "minilm"):

@@ -20,6 +20,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("calibrate",),
     ("solve",),
     ("analyze",),
+    ("budgets",),
     ("search",),
     ("export",),
     ("evaluate",),

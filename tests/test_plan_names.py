@@ -11,9 +11,10 @@ from torch import nn
 from anna.adapters import from_module
 from anna.analyze.error_model import ErrorModel
 from anna.artifacts import write_json, write_tensors
+from anna.budgets import plan_name, plan_names
 from anna.errors import AnnaError
 from anna.inventory import build_inventory
-from anna.search import plan_name, plan_names, search
+from anna.search import search
 
 
 def test_plan_name_keeps_three_decimals_and_adds_digits_only_when_needed() -> None:

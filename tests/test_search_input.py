@@ -8,8 +8,9 @@ import torch
 
 from anna.analyze.error_model import ErrorModel, reference_outputs
 from anna.analyze.stage import Analysis
+from anna.budgets import MAX_BUDGETS, parse_sizes
 from anna.errors import AnnaError
-from anna.search import MAX_BUDGETS, _solve_all, parse_sizes
+from anna.search import _solve_all
 
 
 @pytest.mark.parametrize("sizes", ["0.5.1:0.6:0.01", "a:b:c", "0.5:0.6", "1e-1:0.6:0.01", ":0.6:0.01", "0.5::0.1"])

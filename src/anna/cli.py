@@ -205,17 +205,22 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
               help="CountSketch size for the cross terms; 0: exact deltas. Default: exact when they fit in 256 MB, "
               "else 1024.")
 @click.option("--fisher-samples", type=COUNT, default=1, show_default=True, help="Samples for the Fisher baseline.")
-@click.option("--validate", type=COUNT, default=30, show_default=True, help="Random plans to validate on (0: skip).")
+@click.option("--validate", type=COUNT, default=30, show_default=True,
+              help="Plans near the front to validate on (0: skip).")
+@click.option("--error-model", type=click.Choice(["exact", "linear"]), default="exact", show_default=True,
+              help="exact: one component run per unit, option and sample; linear: a few backward passes per sample "
+              "and one local run per unit-option.")
+@click.option("--probes", type=POSITIVE, default=4, show_default=True, help="Random output projections (linear model).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, quiet):
+def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, error_model, probes, quiet):
     """Build the error model: each unit x option's output delta on the cached inputs, the quadratic form with its
-    cross terms, and its validation (Spearman, R^2) on random plans. Resumable."""
+    cross terms, and its validation (Spearman, R^2) on plans near the front. Resumable."""
     from anna.analyze.stage import analyze
     from anna.checks import writable_folder
 
     writable_folder(run_dir, create=False)
     analyze(run_dir, bag=bag.split(",") if bag else None, sketch_k=sketch_k, fisher_samples=fisher_samples,
-            validate=validate, progress=not quiet, echo=click.echo)
+            validate=validate, progress=not quiet, echo=click.echo, error_model=error_model, probes=probes)
 
 
 @cli.command(name="search")
@@ -225,17 +230,21 @@ def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, quiet):
 @click.option("--no-measure", is_flag=True, help="Skip measuring each plan's real MSE on the cached inputs.")
 @click.option("--no-baselines", is_flag=True, help="Skip the uniform/greedy/Fisher/random baselines.")
 @click.option("--uncorrected", is_flag=True, help="Ignore the correction that validation fitted to the error model.")
-@click.option("--polish", type=COUNT, default=8, show_default=True,
+@click.option("--polish", type=COUNT, default=0, show_default=True,
               help="Measured polish: the N most sensitive units of each plan try their other same-size options.")
-def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, polish):
+@click.option("--margin", type=NONNEG, default=0.05, show_default=True,
+              help="Measure anna's candidates predicted within this fraction of the best one.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, polish, margin, quiet):
     """Solve for the plan of least predicted MSE under each budget (DP with cross terms): plans/*.json, front.json."""
+    from anna.budgets import parse_sizes
     from anna.checks import writable_folder
-    from anna.search import parse_sizes, search
+    from anna.search import search
 
     ratios = parse_sizes(size, sizes)
     writable_folder(run_dir, create=False)
-    path = search(run_dir, ratios, measure=not no_measure, baselines=not no_baselines,
-                  corrected=not uncorrected, polish=polish, echo=click.echo)
+    path = search(run_dir, ratios, measure=not no_measure, baselines=not no_baselines, corrected=not uncorrected,
+                  polish=polish, margin=margin, progress=not quiet, echo=click.echo)
     click.echo(f"wrote {path}")
 
 
@@ -352,11 +361,11 @@ def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, 
             max_mse, max_fid_increase, min_clip_delta, clip_model, fid_weights, quiet):
     """Every stage in one command: calibrate, analyze, search (a sweep), export, evaluate (1 and 2 steps), select
     and report. With no arguments it runs offline on tiny-sdxl in a few minutes and prints the report's path."""
+    from anna.budgets import parse_sizes
     from anna.checks import bounded_steps, existing_file, model_not_a_file, writable_folder
     from anna.evaluate.evaluate import parse_metrics, parse_steps
     from anna.prompts import load_prompts
     from anna.run import RunConfig, run_all
-    from anna.search import parse_sizes
 
     parse_sizes(sizes=sizes)
     bounded_steps(parse_steps(steps))

@@ -75,7 +75,7 @@ def _prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
 def feasible_sizes(sizes: str, smallest: float) -> list[float]:
     """The sweep, with budgets below the smallest feasible ratio replaced by that ratio (rounded up), once. When the
     whole sweep lies below it (a text encoder, whose embeddings are no unit), the same span is swept above it."""
-    from anna.search import parse_sizes
+    from anna.budgets import parse_sizes
 
     floor = float(f"{smallest + 0.0005:.3f}")
     asked = parse_sizes(sizes=sizes)
@@ -109,11 +109,12 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     """Run every stage; returns the path of report.html."""
     from anna.adapters import load_model
     from anna.analyze.stage import analyze, load_analysis
+    from anna.budgets import parse_sizes
     from anna.calibrate import calibrate
     from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
     from anna.evaluate.select import Thresholds, select_to_file
     from anna.report import build_report
-    from anna.search import parse_sizes, search
+    from anna.search import search
 
     run_dir = Path(cfg.run_dir)
     folder = RunFolder(run_dir)

@@ -9,7 +9,6 @@ sits beside the predicted one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,89 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from anna.analyze.linearized import dominated
 from anna.analyze.stage import Analysis, load_analysis
 from anna.artifacts import write_json
-from anna.errors import AnnaError
+from anna.budgets import feasible_ratios, plan_names
 from anna.inventory import Inventory, canonical_assignment
-from anna.runfolder import RunFolder, digest, file_digest, plan_name
+from anna.runfolder import RunFolder, digest, file_digest
 
 BASELINES = ("uniform", "greedy", "fisher", "random")
-MAX_BUDGETS = 1000  # budgets in one sweep (each one is solved, measured and written)
-
-
-def parse_sizes(size: float | None = None, sizes: str | None = None) -> list[float]:
-    """`--size 0.501` or `--sizes 0.50:0.60:0.01` (start:stop:step, stop included) to a list of ratios."""
-    if (size is None) == (sizes is None):
-        raise AnnaError("give exactly one of --size or --sizes")
-    if size is not None:
-        values = [size]
-    else:
-        number = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*"
-        m = re.fullmatch(f"{number}:{number}:{number}", sizes or "")
-        if not m:
-            raise AnnaError(f"--sizes must read START:STOP:STEP, e.g. 0.50:0.60:0.01 (got '{sizes}')")
-        start, stop, step = (float(g) for g in m.groups())
-        if step <= 0 or stop < start:
-            raise AnnaError("--sizes needs STEP > 0 and STOP >= START")
-        count = int(np.floor((stop - start) / step + 1e-6)) + 1  # 0.999 / 0.001 is 998.99...
-        if count > MAX_BUDGETS:
-            raise AnnaError(f"--sizes {sizes} asks for {count:,} budgets; a sweep has at most {MAX_BUDGETS:,}: "
-                            "use a larger STEP")
-        values = [round(start + k * step, 6) for k in range(count)]
-    for v in values:
-        if not 0 < v <= 1.5:
-            raise AnnaError(f"size ratio {v} is out of range (0, 1.5]")
-    return values
-
-
-def feasible_ratios(analysis: Analysis, ratios: Sequence[float]) -> tuple[list[float], list[float]]:
-    """(feasible, skipped) budgets of a sweep: budgets below the smallest plan of the bag are skipped. A single
-    budget, or a sweep with no feasible budget, that is infeasible is an error naming the smallest plan."""
-    from anna.solve import min_bytes
-
-    em, total = analysis.error_model, analysis.total_bytes_fp16
-    smallest = min_bytes(analysis.sizes, analysis.base_bytes, np.isfinite(em.diag))
-    feasible = [r for r in ratios if int(np.floor(r * total)) >= smallest]
-    skipped = [r for r in ratios if r not in feasible]
-    if skipped and (len(ratios) == 1 or not feasible):
-        _blame_nonfinite(analysis, min(ratios))
-        what = f"budget {ratios[0]} is" if len(ratios) == 1 else f"every budget of the sweep ({ratios[-1]} at most) is"
-        raise AnnaError(f"{what} infeasible: the smallest plan of this bag is {smallest / total:.4f} of FP16 "
-                        f"({smallest:,} bytes)")
-    return feasible, skipped
-
-
-def _blame_nonfinite(analysis: Analysis, ratio: float) -> None:
-    """Raise when a budget is infeasible only because analysis trials were non-finite: the budget is not the problem."""
-    from anna.solve import min_bytes
-
-    em, total, sizes, base = analysis.error_model, analysis.total_bytes_fp16, analysis.sizes, analysis.base_bytes
-    ok = np.isfinite(em.diag)
-    if not ok[:, 1:].any():
-        raise AnnaError(
-            f"every quantized option of every unit gave a non-finite error in analysis ({int((~ok).sum()):,} trials), "
-            "so no plan smaller than FP16 exists: the budget is not the problem; check the calibration warnings "
-            "(non-finite activations or weights) and analysis/error_model.json 'nonfinite'"
-        )
-    smallest = min_bytes(sizes, base, ok)
-    if int(np.floor(ratio * total)) >= min_bytes(sizes, base, np.ones_like(ok)):
-        bad = [f"{em.units[i]}:{em.options[j]}" for i, j in zip(*np.nonzero(~ok), strict=True)]
-        raise AnnaError(
-            f"budget {ratio} is infeasible only because options whose analysis trials gave non-finite errors "
-            f"are excluded ({len(bad):,}, e.g. {bad[0]}): without them the smallest plan is {smallest / total:.4f} of "
-            "FP16; check the calibration warnings (non-finite activations or weights)"
-        )
-
-
-def plan_names(ratios: Sequence[float]) -> list[str]:
-    """The plan names of a sweep; a budget given twice is an error (its plan would be written, and listed, twice)."""
-    names = [plan_name(r) for r in ratios]
-    seen: dict[str, float] = {}
-    for r, n in zip(ratios, names, strict=True):
-        if n in seen:
-            raise AnnaError(f"budget {r} is given twice in the sweep")
-        seen[n] = r
-    return names
 
 
 def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[Any]]:
@@ -121,14 +45,16 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
     if budgets[0] < min_bytes(sizes, base, ok):
         feasible_ratios(analysis, ratios[:1])  # raises, naming the smallest plan
     G = em.gram()
-    results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, ok, reference_bytes=total)}
+    # Options worse on their own than a no-larger option of the same unit never enter anna's DP.
+    keep = ok & ~dominated(np.where(ok, em.diag, np.inf), sizes)
+    results: dict[str, list[Any]] = {"anna": solve_front(G, sizes, budgets, base, keep, reference_bytes=total)}
     # Variants of anna's own model for the measured pick: uncorrected (every cross term) and own MSEs only.
     if (em.diag_scale, em.cross_scale) != (1.0, 1.0):
         raw = replace(em, diag_scale=1.0, cross_scale=1.0)
-        results["anna:uncorrected"] = solve_front(raw.gram(), sizes, budgets, base, ok, reference_bytes=total)
+        results["anna:uncorrected"] = solve_front(raw.gram(), sizes, budgets, base, keep, reference_bytes=total)
     if em.cross_scale != 0.0:
         own = np.where(ok, em.diag, 0.0)
-        results["anna:own-only"] = solve_separable_front(own, sizes, budgets, base, ok, reference_bytes=total)
+        results["anna:own-only"] = solve_separable_front(own, sizes, budgets, base, keep, reference_bytes=total)
     rng = np.random.default_rng(0)
     methods: dict[str, Callable[[int], Any]] = {
         "uniform": lambda b: uniform(G, sizes, b, base, ok),
@@ -150,21 +76,56 @@ def _solve_all(analysis: Analysis, ratios: Sequence[float]) -> dict[str, list[An
 
 
 def _pick_measured(
-    results: dict[str, list[Any]], measured: Callable[[np.ndarray], float], analysis: Analysis, polish: int
+    results: dict[str, list[Any]],
+    budgets: Sequence[int],
+    measured: Callable[[np.ndarray], float],
+    analysis: Analysis,
+    polish: int,
+    known: dict[tuple[int, ...], float] | None = None,
+    margin: float = 0.05,
+    progress: bool = False,
+    measure_all: bool = True,
 ) -> list[str]:
-    """The error model proposes, measurement disposes: at each budget keep the best measured of anna's candidates
-    (the corrected model's plan, the variants', and the plans chosen at smaller budgets, which also fit), then polish
-    it by measurement. Updates results["anna"] in place and returns where each chosen plan came from."""
+    """The error model proposes, measurement disposes where the model is unsure. At each budget the candidates are
+    anna's plans (the corrected model's and the variants'), the plans chosen at smaller budgets, and every plan
+    measured so far (`known`: choice -> MSE, baselines included) that fits. A candidate is measured only when its
+    prediction is within `margin` of the best prediction; the best measured one is taken (an already-measured plan
+    that beats the model's at fewer bytes wins); a lone candidate is measured only with `measure_all`. `polish` > 0
+    then tries same-size swaps by measurement. Updates
+    results["anna"] in place and returns where each chosen plan came from."""
+    from tqdm.auto import tqdm
+
+    known = known if known is not None else {}
+    em, sizes, base = analysis.error_model, analysis.sizes, analysis.base_bytes
+    rows = np.arange(sizes.shape[0])
     variants = [k for k in results if k == "anna" or k.startswith("anna:")]
     chosen: list[Any] = []
     sources: list[str] = []
-    for k in range(len(results["anna"])):
+    template = next(s for v in variants for s in results[v] if s is not None)
+    for k in tqdm(range(len(results["anna"])), desc="search: pick", unit="budget", disable=not progress):
         candidates = [(results[v][k], v) for v in variants if results[v][k] is not None]
         candidates += [(c, "smaller-budget plan") for c in chosen]
-        best, source = min(candidates, key=lambda cs: measured(cs[0].choice))
-        choice = _polish_same_size(best.choice, analysis, measured, polish)
+        for key in list(known):
+            choice = np.array(key)
+            used = int(base + sizes[rows, choice].sum())
+            if used <= budgets[k]:
+                sol = replace(template, choice=choice, objective=em.predict(choice), status="feasible", bytes=used,
+                              budget=budgets[k])
+                candidates.append((sol, "measured plan"))
+        predictions = [em.predict(c.choice) for c, _ in candidates]
+        floor = min(predictions)
+        pool = [
+            (c, src) for (c, src), p in zip(candidates, predictions, strict=True)
+            if tuple(int(x) for x in c.choice) in known or p <= floor * (1 + margin)
+        ]
+        distinct = {tuple(int(x) for x in c.choice) for c, _ in pool}
+        if len(distinct) == 1 and not measure_all:  # nothing to decide: the model's plan, unmeasured
+            best, source = pool[0]
+        else:
+            best, source = min(pool, key=lambda cs: measured(cs[0].choice))
+        choice = _polish_same_size(best.choice, analysis, measured, polish) if polish > 0 else best.choice
         if not np.array_equal(choice, best.choice):
-            best = replace(best, choice=choice, objective=analysis.error_model.predict(choice), status="feasible")
+            best = replace(best, choice=choice, objective=em.predict(choice), status="feasible")
             source += " + measured polish"
         chosen.append(best)
         sources.append(source)
@@ -203,18 +164,27 @@ def search(
     measure: bool = True,
     baselines: bool = True,
     corrected: bool = True,
-    polish: int = 8,
+    polish: int = 0,
+    margin: float = 0.05,
+    measure_all: bool = True,
     model: Any = None,
+    progress: bool = False,
     echo: Callable[[str], Any] | None = print,
 ) -> Path:
-    """Solve for every ratio, write the plans and `front.json`; returns the path of front.json. With `measure`, the
-    plans are measured, and the `polish` most sensitive units of each are tried in their other same-size options."""
+    """Solve for every ratio, write the plans and `front.json`; returns the path of front.json. With `measure`,
+    the baselines' plans are measured, and anna's candidates whose predictions lie within `margin` of the best (see
+    `_pick_measured`), and, with `measure_all`, every plan written (else only those measured to decide); with
+    `polish` > 0 the most sensitive units of each plan are tried in their other same-size
+    options. The time of each phase is echoed."""
+    import time
+
     from anna.plan import make_plan
 
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
+    t0 = time.perf_counter()
     analysis = load_analysis(run_dir, corrected)
-    inputs = _inputs_digest(folder, sorted(ratios), measure, baselines, corrected, polish)
+    inputs = _inputs_digest(folder, sorted(ratios), measure, baselines, corrected, polish, margin, measure_all)
     if _up_to_date(folder, inputs):
         if echo:
             echo(f"search in {run_dir} is up to date ({folder.front_json})")
@@ -225,7 +195,9 @@ def search(
     if skipped and echo:
         echo(f"skipped {len(skipped)} infeasible budget(s) {', '.join(f'{r:g}' for r in skipped)}: below the "
              f"smallest plan of this bag; searching {', '.join(f'{r:g}' for r in ratios)}")
+    budgets = [int(np.floor(r * analysis.total_bytes_fp16)) for r in ratios]
     results = _solve_all(analysis, ratios)
+    phases = {"solve": time.perf_counter() - t0}
     if not baselines:
         results = {k: v for k, v in results.items() if k == "anna" or k.startswith("anna:")}
     trial = None
@@ -254,7 +226,18 @@ def search(
                 cache[key] = measured_mse(trial.run, trial.samples, refs)
         return cache[key]
 
-    sources = _pick_measured(results, measured, analysis, polish) if trial is not None else ["model"] * len(ratios)
+    t0 = time.perf_counter()
+    sources = ["model"] * len(ratios)
+    if trial is not None:
+        from tqdm.auto import tqdm
+
+        todo = [sol for name, sols in results.items() if name in BASELINES for sol in sols if sol is not None]
+        for sol in tqdm(todo, desc="search: baselines", unit="plan", disable=not progress):
+            measured(sol.choice)
+        phases["measure baselines"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sources = _pick_measured(results, budgets, measured, analysis, polish, cache, margin, progress, measure_all)
+        phases["pick anna's plans"] = time.perf_counter() - t0
     results = {k: v for k, v in results.items() if not k.startswith("anna:")}
 
     front: dict[str, Any] = {
@@ -275,7 +258,8 @@ def search(
             assignment = canonical_assignment(
                 inventory, dict(zip(em.units, (em.options[c] for c in sol.choice), strict=True)), em.options)
             predicted = em.predict(sol.choice)
-            real = measured(sol.choice)
+            key = tuple(int(c) for c in sol.choice)
+            real = measured(sol.choice) if measure_all or key in cache else None
             plan = make_plan(
                 inventory,
                 assignment,
@@ -304,9 +288,11 @@ def search(
             front["points"] = rows
         else:
             front["baselines"][method] = rows
+    front["search"] = {"measured_plans": len(cache), "seconds": {k: round(v, 3) for k, v in phases.items()}}
     path = write_json(folder.front_json, front)
     if echo:
         echo(_table(front))
+        echo(f"search: {len(cache)} plans measured; " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return path
 
 

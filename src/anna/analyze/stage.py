@@ -21,13 +21,32 @@ import torch
 from anna.adapters.base import Model
 from anna.analyze.batching import merge_samples
 from anna.analyze.error_model import ErrorModel, build_error_model, measured_mse, reference_outputs
+from anna.analyze.fidelity import near_front_plans
+from anna.analyze.linearized import DEFAULT_PROBES, build_linear_model
 from anna.analyze.quantizer import UnitQuantizer
-from anna.analyze.validate import corrected_report, measure_plans, random_plans, validation_report
+from anna.analyze.validate import corrected_report, measure_plans, validation_report
 from anna.artifacts import read_json, read_tensors, write_json, write_tensors
 from anna.errors import AnnaError
 from anna.inventory import Inventory, build_inventory
 from anna.options.registry import DEFAULT_BAG, parse_bag, same_trials
 from anna.runfolder import RunFolder
+
+ERROR_MODELS = ("exact", "linear")
+# Early pruning inside the linear model: off, since on tiny-sdxl it dropped options that the exact model's plans use
+# (bench/search.py --only fidelity: Spearman 0.26 with it).
+PRUNE = False
+
+
+def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]:
+    """build_error_model's signature over the linearised model (it has no per-unit checkpoints: it is fast)."""
+
+    def build(run, samples, units, options, quantize, *, seed, progress, component, grad_run, **_ignored):
+        return build_linear_model(
+            grad_run, samples, units, options, quantize, component, probes=probes, seed=seed, progress=progress,
+            sizes=sizes if PRUNE else None,
+        )
+
+    return build
 
 
 @dataclass
@@ -106,12 +125,20 @@ def analyze(
     sketch_k: int | None = None,
     fisher_samples: int = 1,
     validate: int = 30,
-    size_range: tuple[float, float] = (0.50, 0.60),
+    size_range: tuple[float, float] = (0.0, 0.10),
     seed: int = 0,
     progress: bool = True,
     echo: Callable[[str], Any] | None = print,
+    error_model: str = "exact",
+    probes: int = DEFAULT_PROBES,
 ) -> Path:
-    """Build, validate and save the error model of `run_dir`; returns the analysis folder."""
+    """Build, validate and save the error model of `run_dir`; returns the analysis folder. `error_model` is
+    "exact" (one component run per unit, option and sample) or "linear" (`probes` backward passes per sample and
+    one local run per unit-option: see anna.analyze.linearized). Validation measures `validate` plans near the front
+    whose sizes span `size_range` above the smallest feasible ratio; with two or more cached samples, the last one
+    is held out of the model and the fidelity on it is reported too."""
+    if error_model not in ERROR_MODELS:
+        raise AnnaError(f"unknown error model '{error_model}': choose one of {', '.join(ERROR_MODELS)}")
     start = time.time()
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
@@ -126,8 +153,10 @@ def analyze(
         "options": options,
         "sketch_k": sketch_k,
         "fisher_samples": fisher_samples,
-        "samples": len(trial.samples),
+        "samples": len(trial.samples) - _holdout(trial, validate),
+        **({"holdout": 1} if _holdout(trial, validate) else {}),
         "seed": seed,
+        **({"error_model": error_model, "probes": probes} if error_model != "exact" else {}),
     }
     config_id = _config_id(config)
     if _finished(out, config_id, validate):
@@ -146,9 +175,11 @@ def analyze(
         write_tensors(folder.partial_tensors, em.to_tensors())
         write_json(folder.partial_json, {"config_id": config_id, "done": units_done, "n_elements": em.n_elements})
 
-    em = build_error_model(
+    sizes, base = _sizes(trial.inventory, trial.units, options)
+    build = build_error_model if error_model == "exact" else _linear_builder(probes, sizes)
+    em = build(
         trial.run,
-        trial.samples,
+        trial.samples[: len(trial.samples) - _holdout(trial, validate)],
         trial.units,
         options,
         trial.quantizer,
@@ -159,11 +190,10 @@ def analyze(
         done=done,
         on_unit=checkpoint,
         component=trial.model.component(trial.component),
-        fisher_samples=min(fisher_samples, len(trial.samples)),
+        fisher_samples=min(fisher_samples, len(trial.samples) - _holdout(trial, validate)),
         grad_run=trial.run_with_grad,
         same_as=same_trials([trial.inventory.unit(u).kind for u in trial.units], options),
     )
-    sizes, base = _sizes(trial.inventory, trial.units, options)
     analysis = Analysis(trial.model.name, trial.component, em, sizes, base, trial.inventory.total_bytes_fp16)
     write_tensors(folder.error_model_tensors, em.to_tensors())
     write_json(
@@ -204,9 +234,12 @@ def _validate_and_report(
         c = report["correction"]
         if echo:
             echo(
-                f"validation on {report['n_plans']} random plans: Spearman {report['spearman']:.3f}, "
+                f"validation on {report['n_plans']} plans near the front: Spearman {report['spearman']:.3f}, "
                 f"R^2 {report['r2']:.3f}; measured/predicted {report['median_ratio_measured_over_predicted']:.2f}"
             )
+            if "heldout" in report:
+                h = report["heldout"]
+                echo(f"on the held-out sample: Spearman {h['spearman']:.3f}, R^2 {h['r2']:.3f}")
             echo(
                 f"correction: MSE ~ {c['diag_scale']:.3f} x own + {c['cross_scale']:.2f} x cross terms: "
                 f"R^2 {c['r2']:.3f} (out of sample {c['r2_out_of_sample']:.3f}), Spearman {c['spearman']:.3f}"
@@ -217,20 +250,40 @@ def _validate_and_report(
     return out
 
 
+def _holdout(trial: Trial, validate: int) -> int:
+    """How many cached samples validation keeps out of the model: the last one, when there are two or more."""
+    return 1 if validate > 0 and len(trial.samples) >= 2 else 0
+
+
 def validate_model(trial: Trial, analysis: Analysis, n: int, size_range: tuple[float, float], seed: int) -> dict:
-    """Measure `n` random plans whose target sizes span `size_range` (clipped to what is feasible)."""
+    """Measure `n` plans near the model's front (see anna.analyze.fidelity) at sizes from S + size_range[0] to
+    S + size_range[1] (S: the smallest feasible ratio), on the samples the model was built on and on the held-out
+    sample (if any)."""
     em = analysis.error_model
-    lo_feasible = analysis.size_ratio(analysis.sizes.argmin(1))
-    lo, hi = max(size_range[0], lo_feasible), max(size_range[1], lo_feasible)
-    plans = random_plans(analysis.sizes, analysis.base_bytes, analysis.total_bytes_fp16, np.linspace(lo, hi, n), seed)
-    refs = reference_outputs(trial.run, trial.samples)
+    ok = np.isfinite(em.diag)
+    plans = near_front_plans(
+        em.gram(), analysis.sizes, analysis.base_bytes, analysis.total_bytes_fp16, ok, n, size_range, seed
+    )
+    held = _holdout(trial, n)
+    fit = trial.samples[: len(trial.samples) - held]
+    rest = trial.samples[len(fit) :]
+    refs, held_refs = reference_outputs(trial.run, fit), reference_outputs(trial.run, rest)
+    held_mse: list[float] = []
 
     def measure(choice: np.ndarray) -> float:
         with trial.quantizer(trial.assignment(em.options, choice)):
-            return measured_mse(trial.run, trial.samples, refs)
+            if rest:
+                held_mse.append(measured_mse(trial.run, rest, held_refs))
+            return measured_mse(trial.run, fit, refs)
 
     points = measure_plans(plans, measure, em.parts, analysis.size_ratio)
-    return {"size_range": [lo, hi], "correction": corrected_report(points), **validation_report(points)}
+    lo = min((p["size_ratio"] for p in points), default=float("nan"))
+    hi = max((p["size_ratio"] for p in points), default=float("nan"))
+    report = {"size_range": [lo, hi], "correction": corrected_report(points), **validation_report(points)}
+    if held_mse:
+        held_points = [{**p, "measured": h} for p, h in zip(points, held_mse, strict=True)]
+        report["heldout"] = {k: v for k, v in validation_report(held_points).items() if k != "points"}
+    return report
 
 
 def _model_matches(out: Path, config_id: str) -> bool:

@@ -1,0 +1,209 @@
+"""anna against NVIDIA ModelOpt on the real MiniLM encoder, at equal size in anna's byte accounting.
+
+Calibration on COCO rows 1-200; every figure is measured on held-out rows 4001-4500 (sentence-embedding MSE and SQNR
+against FP32). At the budgets S, S+0.01, S+0.02, S+0.05 and S+0.10 (S: anna's smallest feasible ratio) it compares
+anna's plan (calibrate + analyze + search) with `mtq.auto_quantize` (FP8 E4M3 with per-channel weights and per-tensor
+activations, or unquantized, per Linear; gradient score with a loss `<r, f(x)>`, r Gaussian, whose Fisher is J^T J,
+the embedding MSE's), constrained to the same bytes, and with ModelOpt's `FP8_DEFAULT_CFG` (all Linears FP8).
+Timing: anna's calibrate + analyze + search wall time against the peer's calibrate + score + solve for the same
+budgets, in the same run. The last line is a JSON object (`worst_mse_ratio_vs_auto_quantize`,
+`time_ratio_vs_auto_quantize`, per-budget rows).
+
+    pip install -e ".[peers]"   # nvidia-modelopt
+    OMP_NUM_THREADS=1 python bench/peers.py [--error-model linear|exact] [--out /tmp/anna-bench-peers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from anna.adapters import minilm
+from anna.analyze.quantizer import UnitQuantizer
+from anna.analyze.stage import analyze, load_analysis
+from anna.calibrate import calibrate, load_stats
+from anna.inventory import build_inventory
+from anna.options.registry import quant_option
+from anna.prompts import load_prompts
+from anna.search import search
+
+COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2014_val_captions.tsv"
+OFFSETS = (0.0, 0.01, 0.02, 0.05, 0.10)
+# FP8 E4M3, weights per output channel, activations per tensor: the format anna's fp8 options store.
+FP8_PER_CHANNEL = {
+    "quant_cfg": [
+        {"quantizer_name": "*", "enable": False},
+        {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": (4, 3), "axis": 0}},
+        {"quantizer_name": "*input_quantizer", "cfg": {"num_bits": (4, 3), "axis": None}},
+    ],
+    "algorithm": "max",
+}
+
+
+def embed(model, module: nn.Module) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model.forward(module, b) for b in model.batches])
+
+
+def scores(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
+    mse = float((out.double() - ref.double()).pow(2).mean())
+    signal = float(ref.double().pow(2).mean())
+    return {"mse": mse, "sqnr_db": 10 * math.log10(signal / mse) if mse > 0 else math.inf}
+
+
+class PeerBytes:
+    """anna's byte accounting of a per-Linear FP8/FP16 choice: FP16 everywhere, minus, for every FP8 Linear, its
+    weight's second byte less one FP32 scale per output channel and one per input activation (anna's FP8 storage)."""
+
+    def __init__(self, module: nn.Module, total_fp16: int) -> None:
+        st = quant_option("fp8-absmax").storage
+        self.total = total_fp16
+        self.saving = {
+            name: m.weight.numel() * (2 - st.weight_bytes) - st.channel_bytes * m.weight.shape[0] - st.activation_bytes
+            for name, m in module.named_modules()
+            if isinstance(m, nn.Linear)
+        }
+        self.numel = {name: m.weight.numel() for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+
+    def of(self, fp8: set[str]) -> int:
+        return self.total - sum(self.saving[n] for n in fp8)
+
+
+def peer_fp8_linears(state: dict) -> set[str]:
+    """The Linears that auto_quantize's best recipe quantizes."""
+    out = set()
+    for key, recipe in state["best"]["recipe"].items():
+        if not str(recipe).startswith("NONE"):
+            out.add(key.removesuffix(".quant_recipe"))
+    return out
+
+
+def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | None = None) -> dict:
+    run_dir = out / "anna"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    times = {}
+    t0 = time.perf_counter()
+    calibrate(calib, run_dir, cache_samples=len(calib.batches), progress=False)
+    times["calibrate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    analyze(run_dir, model=calib, bag=bag, validate=0, progress=False, echo=None, error_model=error_model)
+    times["analyze"] = time.perf_counter() - t0
+    analysis = load_analysis(run_dir)
+    smallest = analysis.size_ratio(analysis.sizes.argmin(1))
+    start = math.ceil(smallest * 10000) / 10000
+    ratios = [round(start + o, 4) for o in OFFSETS]
+    t0 = time.perf_counter()
+    front = json.loads(search(run_dir, ratios, model=calib, baselines=False, measure_all=False, echo=None).read_text())
+    times["search"] = time.perf_counter() - t0
+    quantizer = UnitQuantizer(heldout.component(), load_stats(run_dir))
+    rows = []
+    for p in front["points"]:
+        plan = json.loads((run_dir / p["plan"]).read_text())
+        with quantizer({u: o for u, o in plan["units"].items() if u in quantizer.units}):
+            got = scores(ref, embed(heldout, heldout.component()))
+        rows.append({"budget": p["budget"], "bytes": p["bytes"], "size_ratio": p["size_ratio"],
+                     "fp16_units": p["fp16_units"], "source": plan.get("source"), **got})
+    return {"smallest_ratio": smallest, "ratios": ratios, "seconds": times, "rows": rows,
+            "total_seconds": sum(times.values())}
+
+
+def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path) -> dict:
+    warnings.filterwarnings("ignore")
+    import modelopt.torch.quantization as mtq
+
+    base = calib.component()
+    accounting = PeerBytes(base, total_fp16)
+    n_total = sum(accounting.numel.values())
+    gen = torch.Generator().manual_seed(0)
+
+    def loss(output: torch.Tensor, _batch) -> torch.Tensor:
+        return (output * torch.randn(output.shape, generator=gen)).sum()
+
+    ckpt = out / "auto_quantize.pt"
+    ckpt.unlink(missing_ok=True)
+    rows, seconds = [], 0.0
+    for ratio in ratios:
+        budget = int(math.floor(ratio * total_fp16))
+        needed = total_fp16 - budget  # bytes that FP8 Linears must save
+        avg = sum(accounting.saving.values()) / n_total  # saving per weight element
+        bits = 16 * (1 - needed / avg / (2 * n_total))
+        for _attempt in range(40):
+            bits = max(8.0, min(16.0, bits))
+            module = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            module, state = mtq.auto_quantize(
+                module, constraints={"effective_bits": bits}, quantization_formats=[FP8_PER_CHANNEL],
+                data_loader=calib.batches, forward_step=lambda m, b: calib.forward(m, b), loss_func=loss,
+                num_calib_steps=len(calib.batches), num_score_steps=len(calib.batches), verbose=False,
+                checkpoint=str(ckpt),
+            )
+            seconds += time.perf_counter() - t0
+            fp8 = peer_fp8_linears(state)
+            if accounting.of(fp8) <= budget or bits <= 8.0:
+                break
+            bits -= 0.02
+        got = scores(ref, embed(heldout, module))
+        rows.append({"budget": ratio, "bytes": accounting.of(fp8), "size_ratio": accounting.of(fp8) / total_fp16,
+                     "effective_bits": bits, "fp16_linears": len(accounting.numel) - len(fp8), **got})
+    module = copy.deepcopy(base)
+    t0 = time.perf_counter()
+    module = mtq.quantize(module, mtq.FP8_DEFAULT_CFG, forward_loop=lambda m: [calib.forward(m, b) for b in
+                                                                                 calib.batches])
+    fp8_default_seconds = time.perf_counter() - t0
+    default = {**scores(ref, embed(heldout, module)), "seconds": fp8_default_seconds,
+               "size_ratio": accounting.of(set(accounting.numel)) / total_fp16}
+    return {"rows": rows, "seconds": seconds, "fp8_default_cfg": default}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/anna-bench-peers")
+    ap.add_argument("--error-model", default="linear", choices=["linear", "exact"])
+    ap.add_argument("--calib", default="1-200")
+    ap.add_argument("--test", default="4001-4500")
+    ap.add_argument("--bag", default=None, help="anna's options, comma-separated (default: the registry's bag)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    calib = minilm.load(load_prompts(f"{COCO}:{args.calib}"))
+    heldout = minilm.load(load_prompts(f"{COCO}:{args.test}"))
+    ref = embed(heldout, heldout.component())
+    total_fp16 = build_inventory(calib).total_bytes_fp16
+    result: dict = {"model": calib.name, "calib_rows": args.calib, "test_rows": args.test,
+                    "error_model": args.error_model, "bag": args.bag}
+    anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None)
+    try:
+        peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out)
+    except ImportError as e:
+        result.update(anna=anna, peer_error=f"ModelOpt unavailable: {e} (pip install -e '.[peers]')")
+        print(json.dumps(result))
+        return
+    ratios = [a["mse"] / p["mse"] for a, p in zip(anna["rows"], peer["rows"], strict=True)]
+    print(f"{'budget':>8} {'anna size':>9} {'anna SQNR':>9} {'anna MSE':>10} {'peer size':>9} {'peer SQNR':>9} "
+          f"{'peer MSE':>10} {'ratio':>6}")
+    for a, p, r in zip(anna["rows"], peer["rows"], ratios, strict=True):
+        print(f"{a['budget']:>8.4f} {a['size_ratio']:>9.4f} {a['sqnr_db']:>9.2f} {a['mse']:>10.3e} "
+              f"{p['size_ratio']:>9.4f} {p['sqnr_db']:>9.2f} {p['mse']:>10.3e} {r:>6.3f}")
+    d = peer["fp8_default_cfg"]
+    print(f"ModelOpt FP8_DEFAULT_CFG: size {d['size_ratio']:.4f}, SQNR {d['sqnr_db']:.2f} dB, MSE {d['mse']:.3e}")
+    print(f"time: anna {anna['total_seconds']:.1f} s {anna['seconds']}, auto_quantize {peer['seconds']:.1f} s")
+    result.update(
+        anna=anna,
+        peer=peer,
+        worst_mse_ratio_vs_auto_quantize=max(ratios),
+        time_ratio_vs_auto_quantize=anna["total_seconds"] / peer["seconds"],
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The linearised error model: every unit-option's effect on the output from a few backward passes, not one
+component run per (unit, option).
+
+Per cached sample, one forward records every unit's inputs and output, and K backward passes of `<r_k, f(x)>`
+(r_k Gaussian, one per output element) give every unit's output gradient `g_ik = J_i^T r_k` at once. Each
+unit-option's local delta `d_ij` (the quantized unit minus the FP unit, run on the unit's recorded inputs only)
+projects to `s_ijk = <g_ik, d_ij>`, one number per probe and batch row. Since `E_r[(sum_i s_ik)^2] = ||J d||^2`,
+a plan's output MSE is predicted as `mean_k sum_rows (sum_i s_{i,plan(i),k})^2 / D`: the same quadratic form as the
+exact model, own and cross terms alike, with `s / sqrt(K)` as the sketch of each delta. The cost is K backward passes
+plus one local run per unit-option, that is about (1 + 2K + options) component passes per sample, whatever the number
+of units; the exact model needs units x options passes. It is ModelOpt's gradient score, generalised from the
+diagonal to the whole quadratic form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from anna.analyze.batching import batch_size
+from anna.analyze.error_model import ErrorModel, Runner
+from anna.analyze.fisher import _first_tensor
+
+PRUNE_PROJECTIONS = 128  # projections seen before dominated options are dropped
+MIN_PROJECTIONS = 256  # probes x batch rows over all samples, at least: few rows get more probes
+DEFAULT_PROBES = 4  # own-term spread 4.6% on MiniLM (8: 3.9%, 2: 8.6%), at half the backward cost of 8
+
+
+@dataclass
+class _Calls:
+    """What one unit saw in one forward: its (args, kwargs) and output tensor, per call."""
+
+    inputs: list[tuple[tuple, dict]] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)
+
+
+def _detach(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach()
+    if isinstance(obj, dict):
+        return {k: _detach(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_detach(v) for v in obj)
+    return obj
+
+
+@contextmanager
+def record_units(component: nn.Module, units: Sequence[str]) -> Iterator[dict[str, _Calls]]:
+    """Record every call of the named units: detached inputs, and the output tensor (kept in the autograd graph)."""
+    seen = {u: _Calls() for u in units}
+    handles = []
+    for u in units:
+        module = component.get_submodule(u)
+
+        def pre(_m: nn.Module, args: tuple, kwargs: dict, u: str = u) -> None:
+            seen[u].inputs.append((_detach(args), _detach(kwargs)))
+
+        def post(_m: nn.Module, _a: Any, _k: Any, out: Any, u: str = u) -> None:
+            seen[u].outputs.append(_first_tensor(out))
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def dominated(own: np.ndarray, sizes: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """(n, m) mask: option j of unit i has over `margin` times the own error of another option of i that is not
+    larger (ties in both keep the lower index). FP16 (error 0) is never dominated by a smaller option."""
+    n, m = own.shape
+    out = np.zeros((n, m), dtype=bool)
+    for i in range(n):
+        for j in range(m):
+            for q in range(m):
+                if q == j or sizes[i, q] > sizes[i, j] or not np.isfinite(own[i, q]):
+                    continue
+                worse = own[i, j] > margin * own[i, q] if margin > 1.0 else own[i, j] > own[i, q]
+                tie = own[i, j] == own[i, q] and (sizes[i, q] < sizes[i, j] or q < j)
+                if worse or (margin == 1.0 and tie):
+                    out[i, j] = True
+                    break
+    return out
+
+
+def _probe_gradients(y: Tensor, tensors: list[Tensor], probes: int, gen: torch.Generator) -> list[Tensor]:
+    """For each tensor t (in y's graph), the gradients of <r_k, y> for `probes` Gaussian r_k: (probes, *t.shape)."""
+    r = torch.randn((probes, *y.shape), generator=gen).to(y.device, y.dtype)
+    need = [t for t in tensors if t.requires_grad]
+    try:
+        got = torch.autograd.grad(y, need, grad_outputs=r, is_grads_batched=True, allow_unused=True)
+    except RuntimeError:  # an op without a batching rule: one backward per probe
+        per = [torch.autograd.grad(y, need, grad_outputs=r[k], retain_graph=True, allow_unused=True)
+               for k in range(probes)]
+        got = tuple(None if per[0][c] is None else torch.stack([p[c] for p in per]) for c in range(len(need)))
+    it = iter(got)
+    out = []
+    for t in tensors:
+        g = next(it) if t.requires_grad else None
+        out.append(torch.zeros((probes, *t.shape)) if g is None else g.detach().float())
+    return out
+
+
+def _per_row(t: Tensor, rows: int) -> Tensor:
+    """(rows, rest) when the tensor's first dimension is the batch, else one row holding the whole tensor."""
+    return t.reshape(rows, -1) if t.dim() > 0 and t.shape[0] == rows else t.reshape(1, -1)
+
+
+def build_linear_model(
+    grad_run: Runner,
+    samples: Sequence[Any],
+    units: Sequence[str],
+    options: Sequence[str],
+    quantizer: Any,
+    component: nn.Module,
+    *,
+    probes: int = DEFAULT_PROBES,
+    seed: int = 0,
+    progress: bool = True,
+    on_pass: Callable[[str], None] | None = None,
+    sizes: np.ndarray | None = None,
+    prune_margin: float = 4.0,
+    min_projections: int = MIN_PROJECTIONS,
+) -> ErrorModel:
+    """The linearised model of `units` x `options` (options[0] is fp16) over the cached `samples`. `quantizer`
+    is a UnitQuantizer (its `quantized_copy(unit, option)` gives the unit's quantized module). `on_pass(kind)` is
+    called per component pass ("forward", "backward") and per local unit run ("local"), to count the cost.
+    With `sizes` (units x options bytes), once 128 projections are in, an option whose own term is over
+    `prune_margin` times that of an option of the same unit that is no larger is dropped there: it is never run
+    again, and its error is infinite (the search never picks it). The probes are raised so that probes x batch rows
+    over all samples is at least `min_projections`: the noise of the estimate falls with that number."""
+    if options[0] != "fp16":
+        raise ValueError("options[0] must be fp16")
+    n, m = len(units), len(options)
+    gen = torch.Generator().manual_seed(seed)
+    blocks: list[np.ndarray] = []  # per sample: (n, m, probes * rows)
+    fisher = np.zeros((n, m))
+    n_elements = 0
+    alive = np.ones((n, m), dtype=bool)
+    total_rows = sum(batch_size(s) or 1 for s in samples)
+    pruned = False
+    bar = tqdm(total=len(samples) * n, desc="analyze (linear)", unit="unit", disable=not progress)
+    for sample in samples:
+        with torch.enable_grad(), record_units(component, units) as seen:
+            y = grad_run(sample)
+            if on_pass:
+                on_pass("forward")
+            rows = y.shape[0] if y.dim() > 0 else 1
+            outs = [(u, t) for u in units for t in seen[u].outputs]
+            if not all(t.dim() > 0 and t.shape[0] == rows for _, t in outs):
+                rows = 1  # some unit mixes batch rows: project whole samples
+            n_elements += y.numel()
+            k_here = max(probes, -(-min_projections // total_rows))
+            grads = _probe_gradients(y, [t for _, t in outs], k_here, gen)
+            for _ in range(k_here if on_pass else 0):
+                on_pass("backward")
+        block = np.zeros((n, m, k_here * rows), dtype=np.float64)
+        c = 0
+        for i, u in enumerate(units):
+            calls = seen[u]
+            idx = list(range(c, c + len(calls.outputs)))
+            c += len(calls.outputs)
+            if not idx:
+                bar.update(1)
+                continue
+            g_rows = [grads[q].reshape(k_here, rows, -1) for q in idx]  # (probes, rows, e)
+            g_sq = [g.pow(2).mean(0) for g in g_rows]
+            refs = [calls.outputs[q - idx[0]].detach().float() for q in idx]
+            for j in range(1, m):
+                if not alive[i, j]:
+                    continue
+                module = quantizer.quantized_copy(u, options[j])
+                s = torch.zeros(k_here, rows, dtype=torch.float64)
+                f_sum, sq = 0.0, 0.0
+                with torch.inference_mode():
+                    for (args, kwargs), ref, g, g2 in zip(calls.inputs, refs, g_rows, g_sq, strict=True):
+                        d = _per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rows)
+                        if on_pass:
+                            on_pass("local")
+                        s += torch.einsum("kre,re->kr", g, d).double()
+                        f_sum += float((g2 * d.pow(2)).sum())
+                        sq += float(d.pow(2).sum())
+                vec = s.reshape(-1).numpy()
+                if not (np.isfinite(sq) and np.all(np.isfinite(vec))):
+                    block[i, j] = np.nan
+                    continue
+                block[i, j] = vec / np.sqrt(k_here)
+                fisher[i, j] += f_sum
+            bar.update(1)
+        blocks.append(block)
+        del grads, seen
+        seen_cols = sum(b.shape[2] for b in blocks)
+        if sizes is not None and not pruned and seen_cols >= PRUNE_PROJECTIONS:
+            # own terms so far: with >= 128 projections their spread is ~12%, far inside the 4x margin. (The Fisher
+            # score ignores correlations inside a unit's delta and is off by more than 4x on convolutions.)
+            own = sum((b**2).sum(2) for b in blocks)
+            alive &= ~dominated(np.where(np.isfinite(own), own, np.inf), sizes, prune_margin)
+            pruned = True
+    bar.close()
+    sketches = np.concatenate(blocks, axis=2)
+    bad = ~np.all(np.isfinite(sketches), axis=2) | ~alive
+    sketches[bad] = 0.0
+    diag_sq = (sketches**2).sum(2)
+    diag = np.where(bad, np.inf, diag_sq / max(n_elements, 1))
+    return ErrorModel(
+        units=list(units),
+        options=list(options),
+        diag=diag,
+        sketches=sketches.astype(np.float32),
+        n_elements=n_elements,
+        fisher=fisher,
+    )
+
+
+def count_passes(
+    n_units: int, n_options: int, n_samples: int, rows: int, probes: int = DEFAULT_PROBES,
+    min_projections: int = MIN_PROJECTIONS,
+) -> dict[str, float]:
+    """Component-pass equivalents (each over one cached sample of `rows` batch rows) of each model: the exact model
+    runs the component once per (unit, option, sample) plus the reference; the linear one runs a forward, its
+    probes' backwards (about two forwards each) and, per option, every unit once locally (together about one
+    component forward per option), per sample, before pruning."""
+    q = n_options - 1
+    k = max(probes, -(-min_projections // max(rows * n_samples, 1)))
+    return {
+        "exact": float(n_samples * (1 + n_units * q)),
+        "linear": float(n_samples * (1 + 2 * k + q)),
+    }

@@ -1,0 +1,153 @@
+"""The linearised error model: it matches the exact model where the network is linear in the deltas, stays close
+to first order through a nonlinearity, prunes dominated options, and needs far fewer passes at SDXL size."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from anna.analyze.error_model import build_error_model, measured_mse, reference_outputs
+from anna.analyze.fidelity import near_front_plans, smallest_ratio
+from anna.analyze.linearized import build_linear_model, count_passes, dominated
+from anna.analyze.validate import spearman
+
+STEPS = {"coarse": 0.05, "fine": 0.01, "awful": 0.5}
+
+
+class Branches(nn.Module):
+    def __init__(self, n: int = 4, d: int = 16) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
+
+    def forward(self, x):
+        return sum(u(x) for u in self.units)
+
+
+class Chain(nn.Module):
+    def __init__(self, n: int = 4, d: int = 16) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
+
+    def forward(self, x):
+        for u in self.units:
+            x = torch.tanh(u(x))
+        return x
+
+
+class GridQuantizer:
+    """Rounds a unit's weights to the option's grid step: `quantized_copy` for the linear model, and a context
+    manager that swaps the copies in, for the exact model and for measuring."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def quantized_copy(self, name: str, option: str) -> nn.Module:
+        clone = copy.deepcopy(self.model.get_submodule(name))
+        with torch.no_grad():
+            clone.weight.copy_(torch.round(clone.weight / STEPS[option]) * STEPS[option])
+        return clone
+
+    def __call__(self, assignment):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def swap():
+            saved = {}
+            for name, opt in assignment.items():
+                if opt != "fp16":
+                    parent, _, leaf = name.rpartition(".")
+                    saved[name] = self.model.get_submodule(name)
+                    setattr(self.model.get_submodule(parent), leaf, self.quantized_copy(name, opt))
+            try:
+                yield
+            finally:
+                for name, module in saved.items():
+                    parent, _, leaf = name.rpartition(".")
+                    setattr(self.model.get_submodule(parent), leaf, module)
+
+        return swap()
+
+
+def _setup(cls, options=("fp16", "coarse", "fine")):
+    torch.manual_seed(0)
+    model = cls().eval()
+    samples = [torch.randn(64, 16) for _ in range(4)]
+    units = [f"units.{i}" for i in range(len(model.units))]
+    return model, samples, units, list(options), GridQuantizer(model)
+
+
+@pytest.mark.parametrize("cls,tol", [(Branches, 0.12), (Chain, 0.2)])
+def test_linear_model_matches_measured_mse(cls, tol):
+    model, samples, units, options, quantizer = _setup(cls)
+    lin = build_linear_model(model, samples, units, options, quantizer, model, probes=16, progress=False)
+    exact = build_error_model(model, samples, units, options, quantizer, sketch_k=0, progress=False)
+    # own terms: unbiased estimates of the exact per-unit MSEs (256 rows x 16 probes per sample)
+    assert np.all(np.abs(lin.diag[:, 1:] / exact.diag[:, 1:] - 1) < tol)
+    assert np.all(lin.diag[:, 0] == 0)
+    refs = reference_outputs(model, samples)
+    rng = np.random.default_rng(0)
+    predicted, real = [], []
+    for _ in range(12):
+        choice = rng.integers(0, 3, len(units))
+        with quantizer({u: options[c] for u, c in zip(units, choice, strict=True)}):
+            real.append(measured_mse(model, samples, refs))
+        predicted.append(lin.predict(choice))
+    rel = np.abs(np.array(predicted) - real) / np.maximum(real, 1e-30)
+    assert np.median(rel[np.array(real) > 0]) < tol
+    assert spearman(predicted, real) > 0.9
+
+
+def test_linear_model_counts_its_passes_and_prunes_dominated_options():
+    model, samples, units, options, quantizer = _setup(Branches, ("fp16", "coarse", "fine", "awful"))
+    sizes = np.tile(np.array([32, 16, 16, 16]), (len(units), 1))  # the three grids cost the same
+    passes = {"forward": 0, "backward": 0, "local": 0}
+
+    def count(kind):
+        passes[kind] += 1
+
+    em = build_linear_model(model, samples, units, options, quantizer, model, probes=3, progress=False,
+                            on_pass=count, sizes=sizes)
+    # coarse and awful are dominated by fine (same size, larger error) after the first sample: run there only
+    assert passes == {"forward": 4, "backward": 12, "local": 4 * 3 + 3 * 4 * 1}
+    assert np.all(np.isinf(em.diag[:, [1, 3]])) and np.all(np.isfinite(em.diag[:, [0, 2]]))
+
+
+def test_dominated_options():
+    own = np.array([[0.0, 2.0, 1.0, 1.0], [0.0, 1.0, 3.0, 0.5]])
+    sizes = np.array([[4, 2, 2, 2], [4, 2, 1, 3]])
+    mask = dominated(own, sizes)
+    # unit 0: option 1 is worse than 2 at the same size; 3 ties 2 (same size and error: the lower index stays)
+    # unit 1: nothing no larger is better (option 2 is the smallest, 3 is larger than 1 but better)
+    assert mask.tolist() == [[False, True, False, True], [False, False, False, False]]
+    assert dominated(own, sizes, margin=4.0).tolist() == [[False] * 4, [False] * 4]
+
+
+def test_passes_at_sdxl_size(sdxl_model):
+    from anna.inventory import build_inventory
+    from anna.options.registry import DEFAULT_BAG
+
+    n = len(build_inventory(sdxl_model).units)
+    assert n > 300
+    for samples, rows in ((1, 16), (8, 2)):  # 8 cached CFG pairs, merged into one batch or not
+        p = count_passes(n, len(DEFAULT_BAG), samples, rows)
+        assert p["linear"] * 20 <= p["exact"]
+
+
+def test_near_front_plans_fit_their_budgets():
+    rng = np.random.default_rng(0)
+    n, m = 12, 3
+    sizes = np.column_stack([np.full(n, 40), rng.integers(10, 20, n), rng.integers(20, 30, n)]).astype(np.int64)
+    deltas = rng.normal(size=(n * m, 6))
+    deltas[::m] = 0  # fp16: no delta
+    gram = deltas @ deltas.T
+    allowed = np.ones((n, m), dtype=bool)
+    total = int(sizes[:, 0].sum()) + 100
+    plans = near_front_plans(gram, sizes, 100, total, allowed, 20, seed=1)
+    lo = smallest_ratio(sizes, 100, total)
+    assert len(plans) >= 15 and len({tuple(c) for _, c in plans}) == len(plans)
+    for ratio, choice in plans:
+        size = (100 + sizes[np.arange(n), choice].sum()) / total
+        assert lo - 1e-9 <= ratio <= lo + 0.10 + 1e-9
+        assert size <= ratio + 1e-9 or size <= lo + 1e-9
