@@ -2,6 +2,7 @@
 to first order through a nonlinearity, prunes dominated options, and needs far fewer passes at SDXL size."""
 
 import copy
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ class Chain(nn.Module):
 
 
 class GridQuantizer:
-    """Rounds a unit's weights to the option's grid step: `quantized_copy` for the linear model, and a context
+    """Rounds a unit's weights to the option's grid step: `unit_quantized` for the linear model, and a context
     manager that swaps the copies in, for the exact model and for measuring."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -49,8 +50,11 @@ class GridQuantizer:
             clone.weight.copy_(torch.round(clone.weight / STEPS[option]) * STEPS[option])
         return clone
 
+    @contextmanager
+    def unit_quantized(self, name: str, option: str):
+        yield self.quantized_copy(name, option)
+
     def __call__(self, assignment):
-        from contextlib import contextmanager
 
         @contextmanager
         def swap():

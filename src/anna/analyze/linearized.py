@@ -132,7 +132,7 @@ def build_linear_model(
     min_projections: int = MIN_PROJECTIONS,
 ) -> ErrorModel:
     """The linearised model of `units` x `options` (options[0] is fp16) over the cached `samples`. `quantizer`
-    is a UnitQuantizer (its `quantized_copy(unit, option)` gives the unit's quantized module). `on_pass(kind)` is
+    is a UnitQuantizer (`unit_quantized(unit, option)` yields the quantized unit). `on_pass(kind)` is
     called per component pass ("forward", "backward") and per local unit run ("local"), to count the cost.
     With `sizes` (units x options bytes), once 128 projections are in, an option whose own term is over
     `prune_margin` times that of an option of the same unit that is no larger is dropped there: it is never run
@@ -178,10 +178,9 @@ def build_linear_model(
             for j in range(1, m):
                 if not alive[i, j]:
                     continue
-                module = quantizer.quantized_copy(u, options[j])
                 s = torch.zeros(k_here, rows, dtype=torch.float64)
                 f_sum, sq = 0.0, 0.0
-                with torch.inference_mode():
+                with quantizer.unit_quantized(u, options[j]) as module, torch.inference_mode():
                     for (args, kwargs), ref, g, g2 in zip(calls.inputs, refs, g_rows, g_sq, strict=True):
                         d = _per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rows)
                         if on_pass:

@@ -35,3 +35,11 @@ class UnitQuantizer:
                     raise AnnaError(f"no calibration statistics for unit '{name}'")
                 handle.quantize_unit(name, option, self.stats[name])
             yield
+
+    @contextmanager
+    def unit_quantized(self, name: str, option: str) -> Iterator[nn.Module]:
+        """One unit quantized with ``option`` for the context, yielded to run alone on the unit's own inputs."""
+        if name not in self.stats:
+            raise AnnaError(f"no calibration statistics for unit '{name}'")
+        with QuantHandle(self.component, units=self.units) as handle:
+            yield handle.quantize_unit(name, option, self.stats[name])
