@@ -184,7 +184,7 @@ def test_read_only_folder_during_search_names_the_path(monkeypatch, tiny_run):
     _fail_writes_under(monkeypatch, tiny_run / "plans", 30)
     before = (tiny_run / "plans" / "size-0.990.json").read_bytes()
     # a new budget: the finished 0.99 plan is up to date and is not rewritten
-    r = invoke(["search", "--run", tiny_run, "--size", "0.98", "--no-baselines", "--polish", "0"])
+    r = invoke(["search", "--run", tiny_run, "--size", "0.98", "--no-baselines", "--polish", "0", "-q"])
     line = assert_one_line_error(r, f"{tiny_run / 'plans'}/.size-0.980.json.", "the file system is read-only")
     assert line.endswith("give a writable folder")
     assert (tiny_run / "plans" / "size-0.990.json").read_bytes() == before
