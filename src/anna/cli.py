@@ -200,7 +200,7 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
 @cli.command(name="analyze")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="A calibrated run directory.")
 @click.option("--bag", default=None, help="Comma-separated options (default: fp16, the four FP8 variants and "
-              "fp8-absmax-fp16math[-fp16k|-fp16v|-fp16o|-fp16kv]).")
+              "fp8-absmax-fp16math).")
 @click.option("--sketch", "sketch_k", type=click.IntRange(0, 65536), default=None,
               help="CountSketch size for the cross terms; 0: exact deltas. Default: exact when they fit in 256 MB, "
               "else 1024.")
