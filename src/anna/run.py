@@ -1,7 +1,9 @@
-"""`anna run`: every stage in one command, with defaults that finish offline on tiny-sdxl in a few minutes.
+"""`anna run`: every stage in one command, with defaults that finish offline on tiny-t2i in a few minutes.
 
-calibrate -> analyze -> search (a sweep of budgets) -> export (one checkpoint per plan) -> evaluate (1 and 2 steps)
--> select -> report. Each stage writes into the run folder and resumes from what is already there.
+calibrate -> analyze -> search (a sweep of budgets) -> export (one checkpoint per plan, plus the all-FP8 plan)
+-> evaluate (1 and 2 steps) -> select -> report. A model that ships its own judges (tiny-t2i: domain prompts, CLIP,
+FID features, attribute classifier, thresholds) uses them unless told otherwise. Each stage writes into the run
+folder and resumes from what is already there.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ BUILTIN_PROMPTS = (
 class RunConfig:
     """What `anna run` does; every field has a command-line option of the same name."""
 
-    model: str = "tiny-sdxl"
-    run_dir: str = "runs/tiny-sdxl"
+    model: str = "tiny-t2i"
+    run_dir: str = "runs/tiny-t2i"
     prompts: str | None = None  # None: the built-in prompts
     calib: int = 8  # calibrate on the first N prompts ...
     test: int = 16  # ... and evaluate on the first M (the calibration prompts plus M - N more)
@@ -53,17 +55,20 @@ class RunConfig:
     cache_samples: int = 4
     validate: int = 30
     sketch_k: int | None = None
-    max_mse: float | None = 30.0  # image MSE on 0-255 at every steps value: PSNR >= 33 dB
+    max_mse: float | None = None  # no threshold given: the model's defaults (`default_thresholds`)
     max_fid_increase: float | None = None
     min_clip_delta: float | None = None
+    max_accuracy_drop: float | None = None
     clip_model: str | None = None
     fid_weights: str | None = None
 
 
 def _prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    from anna.adapters import builtin_prompts
     from anna.prompts import load_prompts
 
-    texts = list(BUILTIN_PROMPTS) if cfg.prompts is None else load_prompts(cfg.prompts)
+    own = builtin_prompts(cfg.model) if cfg.prompts is None else None
+    texts = own or (list(BUILTIN_PROMPTS) if cfg.prompts is None else load_prompts(cfg.prompts))
     if cfg.calib < 1 or cfg.test < 1:
         raise AnnaError("--calib and --test must be at least 1")
     if len(texts) < max(cfg.calib, cfg.test):
@@ -86,13 +91,28 @@ def feasible_sizes(sizes: str, smallest: float) -> list[float]:
     return sorted({max(r, floor) for r in asked})
 
 
+def default_thresholds(cfg: RunConfig, notes: dict[str, str]) -> Any:
+    """The thresholds given; when none is, the model's own (tiny-t2i: accuracy, CLIP and FID margins) or image
+    MSE <= 30 on the 0-255 scale (PSNR >= 33 dB)."""
+    from anna.evaluate.select import Thresholds
+
+    given = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse, cfg.max_accuracy_drop)
+    if given.given():
+        return given
+    if "thresholds" in notes:
+        import json
+
+        return Thresholds(**json.loads(notes["thresholds"]))
+    return Thresholds(max_mse=30.0)
+
+
 def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     """Run every stage; returns the path of report.html."""
     from anna.adapters import load_model
     from anna.analyze.stage import analyze, load_analysis
     from anna.calibrate import calibrate
     from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
-    from anna.evaluate.select import Thresholds, select_to_file
+    from anna.evaluate.select import select_to_file
     from anna.export.checkpoint import export_checkpoint
     from anna.report import build_report
     from anna.search import plan_name, search
@@ -127,13 +147,19 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
         if not (out / "plan.json").is_file():
             export_checkpoint(run_dir, run_dir / "plans" / f"{plan_name(r)}.json", out, echo=lambda _s: None)
         checkpoints.append(out)
+    checkpoints.append(_all_fp8(run_dir, export_checkpoint))
     echo(f"{len(checkpoints)} checkpoints in {run_dir / 'checkpoints'}")
     stage("evaluate")
-    config = EvalConfig(metrics=metrics, steps=steps, fid_weights=cfg.fid_weights,
-                        **({"clip_model": cfg.clip_model} if cfg.clip_model else {}))
+    clip_model = cfg.clip_model or model.notes.get("clip_model")
+    config = EvalConfig(metrics=metrics, steps=steps, fid_weights=cfg.fid_weights or model.notes.get("fid_weights"),
+                        **({"clip_model": clip_model} if clip_model else {}))
     evaluate(cfg.model, checkpoints, test_prompts, run_dir / "eval", config, echo=echo, progress=progress)
+    if "judge" in model.notes:
+        from anna.evaluate.accuracy import add_accuracy
+
+        add_accuracy(run_dir / "eval", model.notes["judge"])
     stage("select")
-    thresholds = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse)
+    thresholds = default_thresholds(cfg, model.notes)
     try:
         selection = select_to_file(run_dir / "eval", thresholds, run_dir / "selected.json")
         echo(f"selected {selection.chosen.name} (size ratio {selection.chosen.size_ratio:.4f}): {selection.reason}")
@@ -146,3 +172,17 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     echo("\n" + ", ".join(f"{n} {timings[b] - timings[n]:.1f}s" for n, b in zip(names, names[1:], strict=False)))
     echo(f"report: {report}")
     return report
+
+
+ALL_FP8 = "all-fp8"
+
+
+def _all_fp8(run_dir: Path, export_checkpoint: Callable[..., Any]) -> Path:
+    """The all-FP8 checkpoint (every unit `fp8-absmax`), the plain baseline the report shows beside the selection."""
+    from anna.artifacts import write_json
+
+    out = run_dir / "checkpoints" / ALL_FP8
+    if not (out / "plan.json").is_file():
+        plan = write_json(run_dir / "plans" / "baselines" / f"{ALL_FP8}.json", {"default": "fp8-absmax"})
+        export_checkpoint(run_dir, plan, out, echo=lambda _s: None)
+    return out
