@@ -120,9 +120,24 @@ def load_pipeline(folder: str | Path = PIPELINE_DIR) -> StableDiffusionXLPipelin
         raise AnnaError(f"tiny-t2i weights not found in {folder}: run scripts/train_tiny_t2i.py")
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), torch_dtype=torch.float32, use_safetensors=True)
+    import diffusers
+    import transformers
+
+    levels = diffusers.logging.get_verbosity(), transformers.logging.get_verbosity()
+    diffusers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), torch_dtype=torch.float32,
+                                                             use_safetensors=True, low_cpu_mem_usage=False)
+    finally:
+        diffusers.logging.set_verbosity(levels[0])
+        transformers.logging.set_verbosity(levels[1])
+        transformers.logging.enable_progress_bar()
+        diffusers.utils.logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         m.eval()

@@ -1,0 +1,89 @@
+"""The shipped tiny-t2i pipeline and judges: safetensors/JSON only, FP16, small; draws held-out prompts; anna run on it
+reports CLIP score, FID and attribute accuracy for every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from anna.adapters import load_model, tiny_t2i
+from anna.domain import judge, shapes
+from anna.evaluate.clip_features import ClipImageFeatures
+from anna.evaluate.metrics import ClipScorer, FidScorer
+from anna.generate import generate_images
+
+
+def test_assets_are_fp16_safetensors_and_json_only():
+    files = [p for p in tiny_t2i.ASSETS.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} <= {".json", ".safetensors", ".txt"}
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    assert len(weights) == 6  # unet, vae, two text encoders, clip, judge
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
+    for p in (tiny_t2i.PIPELINE_DIR / "unet").glob("*.safetensors"):
+        with safe_open(str(p), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
+
+
+def test_loads_without_unpickling(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    model = load_model("tiny-t2i")
+    assert model.defaults == tiny_t2i.DEFAULTS
+    assert set(model.components) == {"unet", "text_encoder", "text_encoder_2", "vae_decoder"}
+    assert next(model.pipeline.unet.parameters()).dtype == torch.float32
+    assert model.pipeline.unet.config.addition_embed_type == "text_time"
+    judge.load(tiny_t2i.JUDGE_DIR)
+    ClipImageFeatures.from_folder(tiny_t2i.CLIP_DIR)
+
+
+def test_unit_names_match_tiny_sdxl():
+    """Same module layout and unit names as tiny-sdxl: only widths (and the vocabulary) differ."""
+    def names(model):
+        return {c: [n for n, _ in m.named_modules()] for c, m in model.components.items()}
+
+    assert names(load_model("tiny-t2i")) == names(load_model("tiny-sdxl"))
+
+
+def test_draws_held_out_prompts():
+    model = load_model("tiny-t2i")
+    prompts = shapes.held_out_prompts(6)
+    images = generate_images(model, prompts, replace(tiny_t2i.DEFAULTS, steps=2), seed=0, progress=False)
+    flags = judge.correct(judge.load(tiny_t2i.JUDGE_DIR), images, prompts)
+    assert sum(flags) >= 5
+    clip = ClipScorer(str(tiny_t2i.CLIP_DIR), device="cpu")
+    matched = clip.scores(images, prompts)
+    shuffled = clip.scores(images, prompts[1:] + prompts[:1])
+    assert sum(m > s for m, s in zip(matched, shuffled, strict=True)) >= 5
+    fid = FidScorer(ClipImageFeatures.from_folder(tiny_t2i.CLIP_DIR), device="cpu")
+    renders = [shapes.render_caption(p) for p in prompts]
+    fid.set_reference(renders)
+    assert fid.score(renders) == pytest.approx(0.0, abs=1e-3)
+    assert fid.score(images) < fid.score([shapes.render_caption(p) for p in shapes.held_out_prompts(12)[6:]])
+
+
+def test_run_reports_clip_fid_and_accuracy(tmp_path):
+    from anna.run import ALL_FP8, RunConfig, run_all
+
+    cfg = RunConfig(run_dir=str(tmp_path / "run"), calib=2, test=4, sizes="0.56:0.56:0.01", steps="1", validate=2)
+    report = run_all(cfg, echo=lambda s: None, progress=False)
+    assert report.is_file()
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["model"] == "tiny-t2i" and metrics["clip_model"] == str(tiny_t2i.CLIP_DIR)
+    rows = metrics["original"] + metrics["entries"]
+    assert {e["name"] for e in metrics["entries"]} == {"size-0.560", ALL_FP8}
+    for row in rows:
+        assert row["clip"] is not None and row["clip"] > 0
+        assert row["fid"] is not None and row["accuracy"] is not None
+        assert len(row["accuracy_per_image"]) == 4
+    selected = json.loads((tmp_path / "run" / "selected.json").read_text())
+    assert selected["thresholds"] == {"max_fid_increase": 2.0, "min_clip_delta": -1.0, "max_mse": None,
+                                      "max_accuracy_drop": 0.07} or "no selection"
