@@ -30,8 +30,8 @@ JUDGE_DIR = ASSETS / "judge"
 MAX_TOKENS = 32
 DEFAULTS = GenerationSettings(steps=2, guidance=0.0, height=64, width=64)
 # `anna run`'s default selection on tiny-t2i: a checkpoint passes when, at every evaluated steps value, its attribute
-# accuracy is at most 0.07 below the original's (2 of 32 images), its CLIP score at most 1.0 below and its FID (CLIP
-# image features, the original's images as reference) at most 2.0 above.
+# accuracy is at most 0.07 below the original's (1 of the 16 default test images), its CLIP score at most 1.0 below
+# and its FID (CLIP image features, the original's images as reference) at most 2.0 above.
 THRESHOLDS = {"max_accuracy_drop": 0.07, "min_clip_delta": -1.0, "max_fid_increase": 2.0}
 
 
