@@ -1,11 +1,15 @@
 """Train anna's built-in `tiny-t2i` pipeline and its judges (domain CLIP, attribute classifier) on the shapes domain.
 
-    OMP_NUM_THREADS=1 python scripts/train_tiny_t2i.py [--stage all|pipeline|judges] [--seed 0] [--out DIR]
+    OMP_NUM_THREADS=1 python scripts/train_tiny_t2i.py [--stage all|pipeline|decoder|judges] [--seed 0] [--out DIR]
 
-Writes FP16 safetensors and JSON into `src/anna/assets/tiny_t2i/` (or --out): `pipeline/` (a diffusers
-StableDiffusionXLPipeline folder), `clip/` (a transformers CLIPModel folder) and `judge/` (the attribute classifier),
-plus `training.json` with the seed, steps, losses and wall time of each stage. One thread: on the same torch the same
-seed gives the same weights. Shipped weights: seed 0, the default steps of `TrainConfig` and `JudgeConfig`.
+Stages: `pipeline` (VAE, then UNet and both text encoders on its latents), `decoder` (the VAE decoder sharpened
+with the encoder frozen, from the saved pipeline), `judges` (`judge`, which also reads images autoencoded by the
+saved pipeline, then `clip`). Writes FP16 safetensors and JSON into `src/anna/assets/tiny_t2i/` (or --out):
+`pipeline/` (a diffusers StableDiffusionXLPipeline folder), `clip/` (a transformers CLIPModel folder) and `judge/`
+(the attribute classifier), plus `training.json` with the seed, steps, losses and wall time of each stage. One
+thread: on the same torch the same seed gives the same weights. Shipped weights: seed 0 and the default steps
+(`TrainConfig`, `--decoder-steps`, `JudgeConfig`); the stages were run one after another as
+`--stage pipeline`, `--stage decoder`, then `--stage clip` and `--stage judge`.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ def main() -> None:
     from anna.train import t2i
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("all", "pipeline", "judges"), default="all")
+    ap.add_argument("--stage", choices=("all", "pipeline", "decoder", "judges", "judge", "clip"), default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(tiny_t2i.ASSETS))
     ap.add_argument("--vae-steps", type=int, default=t2i.TrainConfig.vae_steps)
     ap.add_argument("--unet-steps", type=int, default=t2i.TrainConfig.unet_steps)
+    ap.add_argument("--decoder-steps", type=int, default=300)
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -61,13 +66,22 @@ def main() -> None:
                               "unet_final_loss": sum(unet_losses[-100:]) / 100}
         record_path.write_text(json.dumps(record, indent=1))
         log(f"pipeline done in {t2 - t0:.0f}s")
-    if args.stage in ("all", "judges"):
+    if args.stage in ("all", "decoder"):  # from the saved FP16 pipeline, as shipped
+        t0 = time.time()
+        pipe = tiny_t2i.load_pipeline(out / "pipeline")
+        losses = t2i.finetune_decoder(pipe, t2i.images_tensor(train_caps), args.decoder_steps, args.seed, log=log)
+        tiny_t2i.save_pipeline(pipe, out / "pipeline")
+        record["decoder"] = {"seed": args.seed, "steps": args.decoder_steps, "seconds": round(time.time() - t0, 1),
+                             "final_loss": sum(losses[-50:]) / 50}
+        record_path.write_text(json.dumps(record, indent=1))
+        log(f"decoder done in {time.time() - t0:.0f}s")
+    if args.stage in ("all", "judges", "judge", "clip"):
         from anna.train import judges
 
         t0 = time.time()
         jcfg = judges.JudgeConfig(seed=args.seed)
-        record["judges"] = judges.train_and_save(out, jcfg, log=log)
-        record["judges"]["seconds"] = round(time.time() - t0, 1)
+        parts = ("judge", "clip") if args.stage in ("all", "judges") else (args.stage,)
+        record.setdefault("judges", {}).update(judges.train_and_save(out, jcfg, log=log, parts=parts))
         record_path.write_text(json.dumps(record, indent=1))
         log(f"judges done in {time.time() - t0:.0f}s")
 

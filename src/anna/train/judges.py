@@ -24,10 +24,10 @@ Log = Callable[[str], object]
 @dataclass(frozen=True)
 class JudgeConfig:
     seed: int = 0
-    clip_steps: int = 1500
+    clip_steps: int = 1000
     clip_batch: int = 64
     clip_lr: float = 1e-3
-    judge_steps: int = 1200
+    judge_steps: int = 800
     judge_batch: int = 64
     judge_lr: float = 2e-3
 
@@ -104,7 +104,10 @@ def train_clip(images: torch.Tensor, captions: list[str], cfg: JudgeConfig, log:
 
 
 def train_judge(images: torch.Tensor, captions: list[str], cfg: JudgeConfig, log: Log = print,
-                progress: bool = True) -> tuple[judge.AttributeClassifier, list[float]]:
+                progress: bool = True, decoded: torch.Tensor | None = None
+                ) -> tuple[judge.AttributeClassifier, list[float]]:
+    """`decoded`: the same images through the pipeline's autoencoder; half of each batch then comes from them, so the
+    judge reads soft, autoencoded shapes as well as crisp renders."""
     torch.manual_seed(cfg.seed + 3)
     model = judge.AttributeClassifier()
     target = judge.targets([shapes.scene_of(c) for c in captions])
@@ -115,7 +118,10 @@ def train_judge(images: torch.Tensor, captions: list[str], cfg: JudgeConfig, log
     model.train()
     for step in tqdm(range(cfg.judge_steps), desc="judge", disable=not progress):
         idx = torch.randint(0, images.shape[0], (cfg.judge_batch,), generator=gen)
-        loss = judge.loss_of(model(augment(images[idx], gen)), target[idx])
+        x = images[idx]
+        if decoded is not None:
+            x = torch.cat([x[: len(idx) // 2], decoded[idx[len(idx) // 2 :]]])
+        loss = judge.loss_of(model(augment(x, gen)), target[idx])
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.judge_steps, cfg.judge_lr)
         opt.zero_grad(set_to_none=True)
@@ -127,26 +133,44 @@ def train_judge(images: torch.Tensor, captions: list[str], cfg: JudgeConfig, log
     return model.eval(), losses
 
 
-def train_and_save(out: str | Path, cfg: JudgeConfig, log: Log = print) -> dict[str, Any]:
-    """Train both judges on the training prompts, save them under `out/clip` and `out/judge`, and measure them on
-    the held-out renders. Returns a record for training.json."""
+@torch.no_grad()
+def autoencode(pipeline_dir: Path, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Images through the saved pipeline's VAE (posterior mean, then decode), in [-1, 1]."""
+    from anna.adapters.tiny_t2i import load_pipeline
+
+    vae = load_pipeline(pipeline_dir).vae
+    return torch.cat([vae.decode(vae.encode(images[i : i + batch]).latent_dist.mean).sample.clamp(-1, 1)
+                      for i in range(0, images.shape[0], batch)])
+
+
+def train_and_save(out: str | Path, cfg: JudgeConfig, log: Log = print,
+                   parts: tuple[str, ...] = ("judge", "clip")) -> dict[str, Any]:
+    """Train the judges on the training prompts (the classifier also on their autoencoded images, through
+    `out/pipeline`), save them under `out/judge` and `out/clip`, and measure the classifier on the held-out renders
+    and their autoencoded images. Returns a record for training.json."""
     from anna.train.t2i import images_tensor
 
     out = Path(out)
     train_caps = [c for c, _ in shapes.split()[0]]
     held_caps = [c for c, _ in shapes.split()[1]]
     images = images_tensor(train_caps)
-    t0 = time.time()
-    clf, judge_losses = train_judge(images, train_caps, cfg, log=log)
-    judge.save(clf, out / "judge")
-    t1 = time.time()
-    clip, processor, clip_losses = train_clip(images, train_caps, cfg, log=log)
-    clip.save_pretrained(str(out / "clip"), safe_serialization=True)
-    processor.save_pretrained(str(out / "clip"))
-    t2 = time.time()
-    held = [shapes.render_caption(c) for c in held_caps]
-    acc = judge.accuracy(judge.load(out / "judge"), held, held_caps)
-    log(f"judge accuracy on held-out renders {acc:.4f}")
-    return {"config": asdict(cfg), "judge_seconds": round(t1 - t0, 1), "clip_seconds": round(t2 - t1, 1),
-            "judge_final_loss": float(np.mean(judge_losses[-100:])),
-            "clip_final_loss": float(np.mean(clip_losses[-100:])), "judge_heldout_render_accuracy": acc}
+    record: dict[str, Any] = {"config": asdict(cfg)}
+    if "judge" in parts:
+        t0 = time.time()
+        clf, judge_losses = train_judge(images, train_caps, cfg, log=log,
+                                        decoded=autoencode(out / "pipeline", images))
+        judge.save(clf, out / "judge")
+        held = images_tensor(held_caps)
+        clf = judge.load(out / "judge")
+        for name, x in (("renders", held), ("autoencoded", autoencode(out / "pipeline", held))):
+            arr = ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+            record[f"judge_heldout_{name}_accuracy"] = judge.accuracy(clf, list(arr), held_caps)
+            log(f"judge accuracy on held-out {name}: {record[f'judge_heldout_{name}_accuracy']:.4f}")
+        record |= {"judge_seconds": round(time.time() - t0, 1), "judge_final_loss": float(np.mean(judge_losses[-100:]))}
+    if "clip" in parts:
+        t1 = time.time()
+        clip, processor, clip_losses = train_clip(images, train_caps, cfg, log=log)
+        clip.save_pretrained(str(out / "clip"), safe_serialization=True)
+        processor.save_pretrained(str(out / "clip"))
+        record |= {"clip_seconds": round(time.time() - t1, 1), "clip_final_loss": float(np.mean(clip_losses[-100:]))}
+    return record
