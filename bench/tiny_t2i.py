@@ -5,7 +5,7 @@
 1. Runs `anna run` with its defaults (tiny-t2i) into DIR (resumes when DIR is already done) and times it.
 2. Generates the first N held-out prompts (never trained on; the run tunes on held-out prompts 200-399) with the FP32
    pipeline, the all-FP8 checkpoint and the selected checkpoint, at each steps value.
-3. Scores each set: `attribute_accuracy` (the domain classifier: every slot and the background right),
+3. Scores each set: `attribute_accuracy` (the nearest-render classifier: every slot and the background right),
    `clip_matched` and `clip_shuffled` (the domain CLIP score against each image's own prompt, and against the prompt
    of the next image), and their difference `clip_matched_minus_shuffled`; FID (domain CLIP features) of the
    quantized sets against the FP32 set.
@@ -39,7 +39,7 @@ def activation_ratios(run_dir: Path) -> dict[str, float]:
 
 def main() -> None:
     from anna.adapters import load_model, tiny_t2i
-    from anna.domain import judge, shapes
+    from anna.domain import nearest, shapes
     from anna.evaluate.clip_features import ClipImageFeatures
     from anna.evaluate.evaluate import apply_checkpoint
     from anna.evaluate.metrics import ClipScorer, FidScorer
@@ -65,7 +65,6 @@ def main() -> None:
     prompts = shapes.held_out_prompts(args.prompts)
     shuffled = prompts[1:] + prompts[:1]
     clip = ClipScorer(str(tiny_t2i.CLIP_DIR), device="cpu")
-    clf = judge.load(tiny_t2i.JUDGE_DIR)
     fid = FidScorer(ClipImageFeatures.from_folder(tiny_t2i.CLIP_DIR), device="cpu")
     steps = [int(s) for s in args.steps.split(",")]
     plans = {"fp32": None, "all_fp8": run_dir / "checkpoints" / ALL_FP8}
@@ -75,7 +74,7 @@ def main() -> None:
                                  "selected": selected["name"] if selected else None,
                                  "selected_size_ratio": selected["size_ratio"] if selected else None}
     renders = [shapes.render_caption(p) for p in prompts]
-    result["renders"] = {"attribute_accuracy": judge.accuracy(clf, renders, prompts),
+    result["renders"] = {"attribute_accuracy": nearest.accuracy(renders, prompts),
                          "clip_matched_minus_shuffled": clip.score(renders, prompts) - clip.score(renders, shuffled)}
     fp32_images: dict[int, list] = {}
     for name, ckpt in plans.items():
@@ -89,7 +88,7 @@ def main() -> None:
             images = generate_images(model, prompts, settings, seed=0, progress=False)
             gen_s = time.perf_counter() - t1
             matched, mismatched = clip.score(images, prompts), clip.score(images, shuffled)
-            entry = {"attribute_accuracy": judge.accuracy(clf, images, prompts), "clip_matched": matched,
+            entry = {"attribute_accuracy": nearest.accuracy(images, prompts), "clip_matched": matched,
                      "clip_shuffled": mismatched, "clip_matched_minus_shuffled": matched - mismatched,
                      "generate_seconds": round(gen_s, 1)}
             if name == "fp32":

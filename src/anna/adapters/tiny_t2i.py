@@ -5,8 +5,8 @@ the `text_time` added embedding and cross-attention blocks; a 4-level Autoencode
 `scripts/train_tiny_t2i.py`. The UNet predicts the clean latent (`prediction_type="sample"`) and the Euler scheduler
 uses trailing timesteps, so one or two steps without guidance give the captioned image. Its weights are FP16
 safetensors in `anna/assets/tiny_t2i/pipeline`, loaded through diffusers with `use_safetensors=True` (never
-pickle). The same folder holds the domain's CLIP (`clip/`, a transformers `CLIPModel`) and attribute classifier
-(`judge/`) that score its images offline.
+pickle). The same folder holds the domain's CLIP (`clip/`, a transformers `CLIPModel`) that scores its images offline;
+attribute accuracy comes from `anna.domain.nearest`.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ NAME = "tiny-t2i"
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "tiny_t2i"
 PIPELINE_DIR = ASSETS / "pipeline"
 CLIP_DIR = ASSETS / "clip"
-JUDGE_DIR = ASSETS / "judge"
 MAX_TOKENS = 32
 DEFAULTS = GenerationSettings(steps=2, guidance=0.0, height=64, width=64)
 # `anna run`'s default selection on tiny-t2i: a checkpoint passes when, at every evaluated steps value, its attribute
 # accuracy is at most 0.07 below the original's (1 of the 16 default test images), its CLIP score at most 1.0 below
-# and its FID (CLIP image features, the original's images as reference) at most 2.0 above.
-THRESHOLDS = {"max_accuracy_drop": 0.07, "min_clip_delta": -1.0, "max_fid_increase": 2.0}
+# and its FID (CLIP image features, the original's images as reference) at most 0.1 above. Scale: FID of the
+# original's images against the exact renders of the same prompts is about 0.04, against another 16 prompts about 10.
+THRESHOLDS = {"max_accuracy_drop": 0.07, "min_clip_delta": -1.0, "max_fid_increase": 0.1}
 
 
 def build_tokenizer(words: list[str]) -> CLIPTokenizer:
@@ -156,5 +156,5 @@ def save_pipeline(pipe: StableDiffusionXLPipeline, folder: str | Path = PIPELINE
 def load() -> Model:
     pipe = load_pipeline()
     return Model(name=NAME, components=pipeline_components(pipe), pipeline=pipe, defaults=DEFAULTS,
-                 notes={"clip_model": str(CLIP_DIR), "fid_weights": str(CLIP_DIR), "judge": str(JUDGE_DIR),
+                 notes={"clip_model": str(CLIP_DIR), "fid_weights": str(CLIP_DIR), "judge": "shapes-nearest",
                         "thresholds": json.dumps(THRESHOLDS)})

@@ -1,7 +1,7 @@
 """Attribute accuracy of evaluated images: the share whose shapes, colours, places and background match the prompt,
-judged by a domain classifier (`anna.domain.judge`, shipped with `tiny-t2i`).
+judged by the shapes domain's nearest-render classifier (`anna.domain.nearest`).
 
-`add_accuracy(eval_dir, judge_dir)` reads `metrics.json` and the saved images of every row (the original and each
+`add_accuracy(eval_dir)` reads `metrics.json` and the saved images of every row (the original and each
 checkpoint, at each steps value) and writes `accuracy` (null with `accuracy_reason` when no prompt is in the domain)
 and `accuracy_per_image` into the same rows.
 """
@@ -30,21 +30,23 @@ def _images(folder: Path, n: int) -> list[Image.Image]:
     return out
 
 
-def add_accuracy(eval_dir: str | Path, judge_dir: str | Path) -> dict[str, Any]:
-    """Score every row of `eval_dir/metrics.json` with the classifier in `judge_dir`; rewrite and return it."""
-    from anna.domain import judge
+def add_accuracy(eval_dir: str | Path, judge: str = "shapes-nearest") -> dict[str, Any]:
+    """Score every row of `eval_dir/metrics.json` with the domain judge; rewrite and return it."""
+    from anna.domain import nearest
     from anna.evaluate.evaluate import load_metrics
+
+    if judge != "shapes-nearest":
+        raise AnnaError(f"unknown attribute judge '{judge}' (known: shapes-nearest)")
 
     eval_dir = Path(eval_dir)
     metrics = load_metrics(eval_dir / METRICS_FILE)
     prompts = list(metrics.get("prompt_texts") or [])
-    model = judge.load(judge_dir)
     for row in [*metrics.get("original", []), *metrics.get("entries", [])]:
-        flags = judge.correct(model, _images(eval_dir / row["images"], len(prompts)), prompts)
+        flags = nearest.correct(_images(eval_dir / row["images"], len(prompts)), prompts)
         known = [f for f in flags if f is not None]
         row["accuracy_per_image"] = flags
         row["accuracy"] = sum(known) / len(known) if known else None
         row["accuracy_reason"] = None if known else "no prompt is in the shapes domain"
-    metrics["accuracy_judge"] = str(Path(judge_dir).resolve())
+    metrics["accuracy_judge"] = judge
     write_json(eval_dir / METRICS_FILE, metrics)
     return metrics
