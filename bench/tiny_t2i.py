@@ -71,7 +71,7 @@ def main() -> None:
     if selected:
         plans["selected"] = Path(selected["checkpoint"])
     result: dict[str, object] = {"prompts": len(prompts), "run_seconds": round(run_seconds, 1),
-                                 "selected": selected["name"] if selected else None,
+                                 "selected_name": selected["name"] if selected else None,
                                  "selected_size_ratio": selected["size_ratio"] if selected else None}
     renders = [shapes.render_caption(p) for p in prompts]
     result["renders"] = {"attribute_accuracy": nearest.accuracy(renders, prompts),
