@@ -299,12 +299,14 @@ def evaluate_cmd(model_spec, checkpoints, prompts, metrics, steps, guidance, hei
 @click.option("--max-fid-increase", type=FINITE, default=None, help="FID(checkpoint) - FID(original) at most this.")
 @click.option("--min-clip-delta", type=FINITE, default=None, help="CLIP(checkpoint) - CLIP(original) at least this.")
 @click.option("--max-mse", type=NONNEG, default=None, help="Image MSE vs the original (0-255 scale) at most this.")
+@click.option("--max-accuracy-drop", type=FINITE, default=None,
+              help="Attribute accuracy(original) - accuracy(checkpoint) at most this (needs accuracy in metrics.json).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write selected.json.")
-def select_cmd(eval_dir, max_fid_increase, min_clip_delta, max_mse, out):
+def select_cmd(eval_dir, max_fid_increase, min_clip_delta, max_mse, max_accuracy_drop, out):
     """Pick the smallest checkpoint that meets every threshold at every evaluated steps value."""
     from anna.evaluate.select import Thresholds, select_to_file
 
-    sel = select_to_file(eval_dir, Thresholds(max_fid_increase, min_clip_delta, max_mse), out)
+    sel = select_to_file(eval_dir, Thresholds(max_fid_increase, min_clip_delta, max_mse, max_accuracy_drop), out)
     click.echo(f"selected {sel.chosen.checkpoint}: {sel.reason}")
     click.echo(f"wrote {out}")
 
@@ -338,9 +340,9 @@ def export_cmd(run_dir, plan_path, fmt, out):
 
 
 @cli.command(name="run")
-@click.option("--model", "-m", "model_spec", default="tiny-sdxl", show_default=True, help="Model to compress.")
+@click.option("--model", "-m", "model_spec", default="tiny-t2i", show_default=True, help="Model to compress.")
 @click.option("--run", "run_dir", default=None, help="Run directory [default: runs/<model>].")
-@click.option("--prompts", default=None, help="Prompt source (default: anna's built-in prompts).")
+@click.option("--prompts", default=None, help="Prompt source (default: the model's own or anna's built-in prompts).")
 @click.option("--calib", type=POSITIVE, default=8, show_default=True, help="Calibrate on the first N prompts.")
 @click.option("--test", type=POSITIVE, default=16, show_default=True,
               help="Evaluate on the first M prompts (the published SDXL-Turbo split is --calib 50 --test 100).")
@@ -349,18 +351,20 @@ def export_cmd(run_dir, plan_path, fmt, out):
 @click.option("--steps", default="1,2", show_default=True, help="Sampling steps to evaluate.")
 @click.option("--metrics", default="mse,clip,fid", show_default=True)
 @click.option("--cache-samples", type=COUNT, default=4, show_default=True, help="Cached component inputs.")
-@click.option("--validate", type=COUNT, default=30, show_default=True, help="Random plans validating the error model.")
-@click.option("--max-mse", type=NONNEG, default=30.0, show_default=True,
-              help="Selection: image MSE (0-255) at most this, at every steps value (30: PSNR >= 33 dB).")
+@click.option("--validate", type=COUNT, default=30, show_default=True, help="Plans validating the error model.")
+@click.option("--max-mse", type=NONNEG, default=None,
+              help="Selection: image MSE (0-255) at most this, at every steps value. With no threshold given: "
+                   "tiny-t2i's accuracy/CLIP/FID margins, else --max-mse 30 (PSNR >= 33 dB).")
+@click.option("--max-accuracy-drop", type=FINITE, default=None, help="Selection: attribute accuracy drop at most this.")
 @click.option("--max-fid-increase", type=FINITE, default=None, help="Selection: FID increase at most this.")
 @click.option("--min-clip-delta", type=FINITE, default=None, help="Selection: CLIP change at least this (e.g. -0.5).")
 @click.option("--clip-model", default=None, help="CLIP hub id or local folder for the CLIP score.")
 @click.option("--fid-weights", default=None, help="Local Inception weights / feature extractor for FID.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, metrics, cache_samples, validate,
-            max_mse, max_fid_increase, min_clip_delta, clip_model, fid_weights, quiet):
+            max_mse, max_accuracy_drop, max_fid_increase, min_clip_delta, clip_model, fid_weights, quiet):
     """Every stage in one command: calibrate, analyze, search (a sweep), export, evaluate (1 and 2 steps), select
-    and report. With no arguments it runs offline on tiny-sdxl in a few minutes and prints the report's path."""
+    and report. With no arguments it runs offline on tiny-t2i in a few minutes and prints the report's path."""
     from anna.budgets import parse_sizes
     from anna.checks import bounded_steps, existing_file, model_not_a_file, writable_folder
     from anna.evaluate.evaluate import parse_metrics, parse_steps
@@ -379,7 +383,7 @@ def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, 
         model=model_spec, run_dir=run_dir or f"runs/{model_spec.replace('/', '--')}", prompts=prompts, calib=calib,
         test=test, component=component, sizes=sizes, steps=steps, metrics=metrics, cache_samples=cache_samples,
         validate=validate, max_mse=max_mse, max_fid_increase=max_fid_increase, min_clip_delta=min_clip_delta,
-        clip_model=clip_model, fid_weights=fid_weights,
+        clip_model=clip_model, fid_weights=fid_weights, max_accuracy_drop=max_accuracy_drop,
     )
     run_all(cfg, echo=click.echo, progress=not quiet)
 

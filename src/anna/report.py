@@ -264,24 +264,26 @@ def _grids(metrics: Mapping[str, Any] | None, selected: Mapping[str, Any] | None
         note = _na(f"selection; showing the smallest evaluated checkpoint, {smallest.get('name')}")
     originals = {o.get("steps"): o for o in metrics.get("original", [])}
     by_steps = {e.get("steps"): e for e in chosen}
+    fp8 = {e.get("steps"): e for e in entries if e.get("name") == "all-fp8" and e not in chosen}
     steps = list(metrics.get("steps") or sorted(originals))
     prompts = list(metrics.get("prompt_texts") or [])
     n = len(prompts) or int(metrics.get("num_prompts") or 0)
     if n == 0:
         return _na("image grids (no prompts)")
     name = chosen[0].get("name") if chosen else None
-    out = [note, f'<p class="meta">columns: original and {_e(name or "no checkpoint")} at each steps value; '
+    also = " and the all-FP8 plan" if fp8 else ""
+    out = [note, f'<p class="meta">columns: original, {_e(name or "no checkpoint")}{also} at each steps value; '
            f"{min(n, max_grids)} of {n} prompts</p>"]
     for i in range(min(n, max_grids)):
         cells: list[tuple[str, Path | None]] = []
         for s in steps:
             o = originals.get(s)
             cells.append((f"original · {s} step(s)", eval_dir / o["images"] / f"{i:04d}.png" if o else None))
-            e = by_steps.get(s)
-            if e is not None:
-                per = e.get("mse_per_image") or []
-                mse = f"\nMSE {per[i]:.3g}" if i < len(per) and _num(per[i]) is not None else ""
-                cells.append((f"{e.get('name')} · {s} step(s){mse}", eval_dir / e["images"] / f"{i:04d}.png"))
+            for e in (by_steps.get(s), fp8.get(s)):
+                if e is not None:
+                    per = e.get("mse_per_image") or []
+                    mse = f"\nMSE {per[i]:.3g}" if i < len(per) and _num(per[i]) is not None else ""
+                    cells.append((f"{e.get('name')} · {s} step(s){mse}", eval_dir / e["images"] / f"{i:04d}.png"))
         prompt = prompts[i] if i < len(prompts) else f"prompt {i}"
         path = plot_grid(cells, prompt, assets / f"grid-{i:04d}.png")
         out.append(f'<figure class="grid">{_img(path, prompt)}<figcaption>{i}: {_e(prompt)}</figcaption></figure>')

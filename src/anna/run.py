@@ -1,7 +1,9 @@
-"""`anna run`: every stage in one command, with defaults that finish offline on tiny-sdxl in a few minutes.
+"""`anna run`: every stage in one command, with defaults that finish offline on tiny-t2i in a few minutes.
 
-calibrate -> analyze -> search (a sweep of budgets) -> export (one checkpoint per plan) -> evaluate (1 and 2 steps)
--> select -> report. Each stage writes into the run folder and resumes from what is already there.
+calibrate -> analyze -> search (a sweep of budgets) -> export (one checkpoint per plan, plus the all-FP8 plan)
+-> evaluate (1 and 2 steps) -> select -> report. A model that ships its own judges (tiny-t2i: domain prompts, CLIP,
+FID features, attribute classifier, thresholds) uses them unless told otherwise. Each stage writes into the run
+folder and resumes from what is already there.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ BUILTIN_PROMPTS = (
 class RunConfig:
     """What `anna run` does; every field has a command-line option of the same name."""
 
-    model: str = "tiny-sdxl"
-    run_dir: str = "runs/tiny-sdxl"
+    model: str = "tiny-t2i"
+    run_dir: str = "runs/tiny-t2i"
     prompts: str | None = None  # None: the built-in prompts
     calib: int = 8  # calibrate on the first N prompts ...
     test: int = 16  # ... and evaluate on the first M (the calibration prompts plus M - N more)
@@ -54,17 +56,20 @@ class RunConfig:
     cache_samples: int = 4
     validate: int = 30
     sketch_k: int | None = None
-    max_mse: float | None = 30.0  # image MSE on 0-255 at every steps value: PSNR >= 33 dB
+    max_mse: float | None = None  # no threshold given: the model's defaults (`default_thresholds`)
     max_fid_increase: float | None = None
     min_clip_delta: float | None = None
+    max_accuracy_drop: float | None = None
     clip_model: str | None = None
     fid_weights: str | None = None
 
 
 def _prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    from anna.adapters import builtin_prompts
     from anna.prompts import load_prompts
 
-    texts = list(BUILTIN_PROMPTS) if cfg.prompts is None else load_prompts(cfg.prompts)
+    own = builtin_prompts(cfg.model) if cfg.prompts is None else None
+    texts = own or (list(BUILTIN_PROMPTS) if cfg.prompts is None else load_prompts(cfg.prompts))
     if cfg.calib < 1 or cfg.test < 1:
         raise AnnaError("--calib and --test must be at least 1")
     if len(texts) < max(cfg.calib, cfg.test):
@@ -105,6 +110,19 @@ def export_plans(run_dir: str | Path, ratios: Sequence[float], model: Any, echo:
     return checkpoints
 
 
+def default_thresholds(cfg: RunConfig, model: Any) -> Any:
+    """The thresholds given; when none is, the model's own (tiny-t2i: accuracy, CLIP and FID margins) or image
+    MSE <= 30 on the 0-255 scale (PSNR >= 33 dB)."""
+    from anna.evaluate.select import Thresholds
+
+    given = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse, cfg.max_accuracy_drop)
+    if given.given():
+        return given
+    if model.metrics.thresholds:
+        return Thresholds(**dict(model.metrics.thresholds))
+    return Thresholds(max_mse=30.0)
+
+
 def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     """Run every stage; returns the path of report.html."""
     from anna.adapters import load_model
@@ -112,7 +130,7 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     from anna.budgets import parse_sizes
     from anna.calibrate import calibrate
     from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
-    from anna.evaluate.select import Thresholds, select_to_file
+    from anna.evaluate.select import select_to_file
     from anna.report import build_report
     from anna.search import search
 
@@ -143,12 +161,19 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     search(run_dir, ratios, model=model, echo=echo)
     stage("export")
     checkpoints = export_plans(run_dir, ratios, model, echo=echo)
+    checkpoints.append(_all_fp8(run_dir, model))
     stage("evaluate")
-    config = EvalConfig(metrics=metrics, steps=steps, fid_weights=cfg.fid_weights,
-                        **({"clip_model": cfg.clip_model} if cfg.clip_model else {}))
+    kit = model.metrics
+    clip_model = cfg.clip_model or kit.clip_model
+    config = EvalConfig(metrics=metrics, steps=steps, fid_weights=cfg.fid_weights or kit.fid_weights,
+                        **({"clip_model": clip_model} if clip_model else {}))
     evaluate(model, checkpoints, test_prompts, folder.eval, config, echo=echo, progress=progress)
+    if kit.judge:
+        from anna.evaluate.accuracy import add_accuracy
+
+        add_accuracy(folder.eval, kit.judge)
     stage("select")
-    thresholds = Thresholds(cfg.max_fid_increase, cfg.min_clip_delta, cfg.max_mse)
+    thresholds = default_thresholds(cfg, model)
     try:
         selection = select_to_file(folder.eval, thresholds, folder.selected_json)
         echo(f"selected {selection.chosen.name} (size ratio {selection.chosen.size_ratio:.4f}): {selection.reason}")
@@ -161,3 +186,20 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     echo("\n" + ", ".join(f"{n} {timings[b] - timings[n]:.1f}s" for n, b in zip(names, names[1:], strict=False)))
     echo(f"report: {report}")
     return report
+
+
+ALL_FP8 = "all-fp8"
+
+
+def _all_fp8(run_dir: Path, model: Any) -> Path:
+    """The all-FP8 checkpoint (every unit `fp8-absmax`), the plain baseline the report shows beside the selection."""
+    from anna.artifacts import write_json
+    from anna.export.checkpoint import export_checkpoint, is_stale
+
+    folder = RunFolder(run_dir)
+    out, plan = folder.checkpoints / ALL_FP8, folder.plans / "baselines" / f"{ALL_FP8}.json"
+    if not plan.is_file():
+        write_json(plan, {"default": "fp8-absmax"})
+    if is_stale(out, run_dir, plan):
+        export_checkpoint(run_dir, plan, out, echo=None, model=model)
+    return out

@@ -24,6 +24,17 @@ class GenerationSettings:
     width: int
 
 
+@dataclass(frozen=True)
+class ModelMetrics:
+    """A built-in model's own offline quality kit: the CLIP folder for CLIP score and FID features, the attribute
+    judge, and the selection thresholds that keep its quality (used when the user gives none)."""
+
+    clip_model: str | None = None
+    fid_weights: str | None = None
+    judge: str | None = None
+    thresholds: tuple[tuple[str, float], ...] = ()
+
+
 @dataclass
 class Model:
     """A loaded model: its components by name, plus how to run it.
@@ -39,6 +50,7 @@ class Model:
     has_weights: bool = True
     batches: Iterable[Any] | None = None
     forward: Callable[[nn.Module, Any], torch.Tensor] | None = None
+    metrics: ModelMetrics = ModelMetrics()
 
     @property
     def default_component(self) -> str:

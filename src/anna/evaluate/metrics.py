@@ -9,7 +9,8 @@ missing; `evaluate` records that line beside a null value and carries on.
   torchvision) and downloads its weights at first use; `--fid-weights FILE` names either those weights (a state dict
   file) or a feature extractor program (TorchScript, or `torch.export` `.pt2`) that maps uint8 NCHW images to (N, D)
   features, such as the `inception-2015-12-05.pt` TorchScript Inception of StyleGAN2-ADA / clean-fid (called with
-  `return_features=True`).
+  `return_features=True`), or a transformers CLIPModel folder, whose image embeddings are then the features
+  (`anna.evaluate.clip_features`; the shipped `tiny-t2i` domain CLIP makes FID run offline).
 """
 
 from __future__ import annotations
@@ -278,6 +279,13 @@ def fid_feature_extractor(weights: str | None = None) -> tuple[nn.Module, str]:
     require_torchmetrics("FID")
     if weights is not None:
         path = Path(weights).expanduser()
+        from anna.evaluate.clip_features import ClipImageFeatures, is_clip_folder
+
+        if is_clip_folder(path):  # a CLIPModel folder: its image tower (e.g. the shipped tiny-t2i domain CLIP)
+            try:
+                return ClipImageFeatures.from_folder(path), f"CLIP image embeddings ({path})"
+            except Exception as e:
+                raise MetricUnavailable(f"cannot load the CLIP image tower in {path}: {_cause(e)}") from None
         if not path.is_file():
             raise MetricUnavailable(f"FID weights file not found: {weights}")
         scripted = _load_program(path)

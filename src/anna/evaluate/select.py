@@ -3,7 +3,8 @@
 Thresholds compare a checkpoint with the original pipeline at the same steps value:
 - `max_fid_increase`: FID(checkpoint) - FID(original) <= X (with the original as FID reference, FID(original) is 0);
 - `min_clip_delta`: CLIP(checkpoint) - CLIP(original) >= Y (Y is usually negative: the largest drop allowed);
-- `max_mse`: image MSE against the original on the 0-255 scale <= Z.
+- `max_mse`: image MSE against the original on the 0-255 scale <= Z;
+- `max_accuracy_drop`: attribute accuracy(original) - accuracy(checkpoint) <= W (`anna.evaluate.accuracy`).
 
 A threshold whose metric is null cannot be met; the reason recorded by `evaluate` is repeated.
 """
@@ -29,17 +30,21 @@ class Thresholds:
     max_fid_increase: float | None = None
     min_clip_delta: float | None = None
     max_mse: float | None = None
+    max_accuracy_drop: float | None = None
 
     def given(self) -> dict[str, float]:
         return {k: v for k, v in self.to_json().items() if v is not None}
 
     def to_json(self) -> dict[str, float | None]:
         return {"max_fid_increase": self.max_fid_increase, "min_clip_delta": self.min_clip_delta,
-                "max_mse": self.max_mse}
+                "max_mse": self.max_mse, "max_accuracy_drop": self.max_accuracy_drop}
 
 
-_LABEL = {"max_fid_increase": "FID increase", "min_clip_delta": "CLIP delta", "max_mse": "MSE"}
-_FLAG = {"max_fid_increase": "--max-fid-increase", "min_clip_delta": "--min-clip-delta", "max_mse": "--max-mse"}
+_LABEL = {"max_fid_increase": "FID increase", "min_clip_delta": "CLIP delta", "max_mse": "MSE",
+          "max_accuracy_drop": "accuracy drop"}
+_FLAG = {"max_fid_increase": "--max-fid-increase", "min_clip_delta": "--min-clip-delta", "max_mse": "--max-mse",
+         "max_accuracy_drop": "--max-accuracy-drop"}
+_METRIC = {"max_fid_increase": "fid", "min_clip_delta": "clip", "max_mse": "mse", "max_accuracy_drop": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ class Selection:
             "steps": self.steps,
             "reason": self.reason,
             "checks": [k.to_json() for k in c.checks],
-            "metrics": {str(s): {k: e.get(k) for k in ("mse", "component_mse", "clip", "fid")}
+            "metrics": {str(s): {k: e.get(k) for k in ("mse", "component_mse", "clip", "fid", "accuracy")}
                         for s, e in sorted(c.entries.items())},
             "fp16_units": self.fp16_units,
             "plan_note": self.plan_note,
@@ -169,7 +174,7 @@ def _checks(cand: Candidate, thresholds: Thresholds, steps: list[int], originals
             ) -> list[Check]:
     out: list[Check] = []
     for name, limit in thresholds.given().items():
-        metric = {"max_fid_increase": "fid", "min_clip_delta": "clip", "max_mse": "mse"}[name]
+        metric = _METRIC[name]
         for s in steps:
             e = cand.entries.get(s)
             if e is None:
@@ -189,7 +194,8 @@ def _checks(cand: Candidate, thresholds: Thresholds, steps: list[int], originals
                 why = orig.get(f"{metric}_reason") or f"the original was not evaluated at {s} step(s)"
                 out.append(Check(name, s, limit, None, f"the original's {metric} is null ({why})"))
                 continue
-            out.append(Check(name, s, limit, float(value) - float(base)))
+            delta = float(base) - float(value) if metric == "accuracy" else float(value) - float(base)
+            out.append(Check(name, s, limit, delta))
     return out
 
 

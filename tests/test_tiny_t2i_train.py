@@ -1,0 +1,78 @@
+"""The shapes domain and the tiny-t2i training code: determinism, held-out split, tokenizer, reproducible training."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anna.adapters import tiny_t2i
+from anna.domain import judge, shapes
+from anna.train import t2i
+
+
+def test_domain_is_deterministic_and_holds_out_prompts():
+    scenes = shapes.all_scenes()
+    captions = [c for c, _ in scenes]
+    assert len(set(captions)) == len(captions) == 5490
+    train, held = shapes.split()
+    assert len(held) == shapes.HELD_OUT >= 200
+    assert not {c for c, _ in train} & {c for c, _ in held}
+    assert shapes.split() == shapes.split() and shapes.held_out_prompts(3) == [c for c, _ in held[:3]]
+    a = shapes.render_caption(held[0][0])
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, shapes.render_caption(held[0][0]))
+
+
+def test_caption_names_its_scene():
+    s = shapes.scene_of("a red circle above a blue square on a yellow background")
+    assert s == shapes.Scene("yellow", (("top", "circle", "red"), ("bottom", "square", "blue")))
+    # the same picture in other words
+    assert shapes.scene_of("a blue square below a red circle on a yellow background.") == s
+    img = shapes.render(s)
+    assert tuple(img[16, 32]) == shapes.COLOURS["red"] and tuple(img[48, 32]) == shapes.COLOURS["blue"]
+    assert tuple(img[2, 2]) == shapes.COLOURS["yellow"]
+    labels = s.slot_labels()
+    assert labels[shapes.SLOTS.index("left")] == 0 and labels[shapes.SLOTS.index("top")] == 1 + 0 * 6 + 0
+    assert labels[shapes.SLOTS.index("bottom")] == 1 + 1 * 6 + 2
+    assert judge.targets([s]).tolist() == [labels + [3]]
+
+
+def test_tokenizer_spells_every_domain_word_as_one_token():
+    words = shapes.vocabulary()
+    tok = tiny_t2i.build_tokenizer(words)
+    for w in words:
+        assert tok.tokenize(w) == [w + "</w>"]
+    ids = tok("a red circle at the left on a blue background").input_ids
+    assert len(ids) == 12 and ids[0] == len(tok) - 2 and ids[-1] == len(tok) - 1
+
+
+def _train(seed: int, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    caps = [c for c, _ in shapes.split()[0][:8]]
+    pipe = tiny_t2i.build_fresh(shapes.vocabulary(), seed)
+    latents = t2i.encode_latents(pipe, t2i.images_tensor(caps))
+    cfg = t2i.TrainConfig(seed=seed, unet_steps=steps, unet_batch=8, unet_lr=2e-3)
+    losses = t2i.train_unet(pipe, latents, t2i.token_ids(pipe, caps), cfg, log=lambda s: None, progress=False)
+    return losses, {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+
+def test_training_is_reproducible_and_the_loss_falls():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses, w1 = _train(seed=3, steps=40)
+        again, w2 = _train(seed=3, steps=40)
+    finally:
+        torch.set_num_threads(threads)
+    assert losses == again  # bit-identical on one thread
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_text_encoding_matches_the_pipeline():
+    pipe = tiny_t2i.build_fresh(shapes.vocabulary(), 0)
+    caption = shapes.held_out_prompts(1)[0]
+    ours, pooled = t2i.encode_text(pipe, t2i.token_ids(pipe, [caption]))
+    with torch.no_grad():
+        embeds, _, theirs_pooled, _ = pipe.encode_prompt(caption, device="cpu", do_classifier_free_guidance=False)
+    torch.testing.assert_close(ours, embeds)
+    torch.testing.assert_close(pooled, theirs_pooled)
