@@ -2,10 +2,10 @@ from anna.run import feasible_sizes
 
 
 def test_feasible_sizes_clip_and_shift():
-    assert feasible_sizes("0.50:0.60:0.05", 0.5209) == [0.521, 0.55, 0.6]
+    assert feasible_sizes([0.5, 0.55, 0.6], 0.5209) == [0.521, 0.55, 0.6]
     # a component whose smallest plan is above the whole sweep sweeps the same span above it
-    assert feasible_sizes("0.50:0.60:0.05", 0.7939) == [0.794, 0.844, 0.894]
-    assert feasible_sizes("0.50:0.50:0.01", 0.7939) == [0.794]
+    assert feasible_sizes([0.5, 0.55, 0.6], 0.7939) == [0.794, 0.844, 0.894]
+    assert feasible_sizes([0.5], 0.7939) == [0.794]
 
 
 def test_run_loads_the_base_model_once_and_matches_fresh_loads(tmp_path, monkeypatch):
@@ -24,14 +24,15 @@ def test_run_loads_the_base_model_once_and_matches_fresh_loads(tmp_path, monkeyp
     real = tiny.load
     monkeypatch.setattr(tiny, "load", lambda: loads.append(1) or real())
     run_dir = tmp_path / "run"
-    cfg = RunConfig(run_dir=str(run_dir), calib=2, test=2, component="text_encoder", sizes="0.90:0.95:0.05",
-                    steps="1", metrics="mse", cache_samples=2, validate=0)
+    cfg = RunConfig(model="tiny-sdxl", run_dir=str(run_dir), calib=2, test=2, component="text_encoder",
+                    sizes=(0.90, 0.95), steps=(1,), metrics=("mse",), cache_samples=2, validate=0)
     report = run_all(cfg, echo=lambda _s: None, progress=False)
     assert report.is_file()
     assert len(loads) == 1
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     ckpts = [run_dir / "checkpoints" / n for n in ("size-0.900", "size-0.950")]
-    assert [e["name"] for e in metrics["entries"]] == ["size-0.900", "size-0.950"]
+    assert [e["name"] for e in metrics["entries"]] == ["size-0.900", "size-0.950", "all-fp8"]
+    entries = metrics["entries"][:2]  # the sweep's checkpoints (all-fp8 is the report's baseline)
 
     # the old way: every checkpoint exported from, and evaluated on, a freshly loaded model
     fresh = []
@@ -45,5 +46,5 @@ def test_run_loads_the_base_model_once_and_matches_fresh_loads(tmp_path, monkeyp
     old = evaluate(lambda: load_model("tiny-sdxl"), fresh, metrics["prompt_texts"], tmp_path / "eval-fresh",
                    EvalConfig(metrics=("mse",), steps=(1,)), echo=None, progress=False)
     keys = ("mse", "mse_per_image", "component_mse", "size_ratio")
-    assert [{k: e[k] for k in keys} for e in old["entries"]] == [{k: e[k] for k in keys} for e in metrics["entries"]]
-    assert all(e["mse"] > 0 for e in metrics["entries"])
+    assert [{k: e[k] for k in keys} for e in old["entries"]] == [{k: e[k] for k in keys} for e in entries]
+    assert all(e["mse"] > 0 for e in entries)

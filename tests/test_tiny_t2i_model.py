@@ -85,7 +85,7 @@ def test_draws_held_out_prompts():
 def test_run_reports_clip_fid_and_accuracy(tmp_path):
     from anna.run import ALL_FP8, RunConfig, run_all
 
-    cfg = RunConfig(run_dir=str(tmp_path / "run"), calib=2, test=4, sizes="0.56:0.56:0.01", steps="1", validate=2)
+    cfg = RunConfig(run_dir=str(tmp_path / "run"), calib=2, test=4, sizes=(0.56,), steps=(1,), validate=2)
     lines: list[str] = []
     report = run_all(cfg, echo=lines.append, progress=False)
     assert report.is_file()

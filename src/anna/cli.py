@@ -371,9 +371,8 @@ def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, 
     from anna.prompts import load_prompts
     from anna.run import RunConfig, run_all
 
-    parse_sizes(sizes=sizes)
-    bounded_steps(parse_steps(steps))
-    parse_metrics(metrics)
+    ratios, step_counts = parse_sizes(sizes=sizes), bounded_steps(parse_steps(steps))
+    metric_names = parse_metrics(metrics)
     if prompts is not None:
         load_prompts(prompts)
     model_not_a_file(model_spec)
@@ -381,7 +380,8 @@ def run_cmd(model_spec, run_dir, prompts, calib, test, component, sizes, steps, 
     writable_folder(run_dir or f"runs/{model_spec.replace('/', '--')}")
     cfg = RunConfig(
         model=model_spec, run_dir=run_dir or f"runs/{model_spec.replace('/', '--')}", prompts=prompts, calib=calib,
-        test=test, component=component, sizes=sizes, steps=steps, metrics=metrics, cache_samples=cache_samples,
+        test=test, component=component, sizes=tuple(ratios), steps=step_counts, metrics=metric_names,
+        cache_samples=cache_samples,
         validate=validate, max_mse=max_mse, max_fid_increase=max_fid_increase, min_clip_delta=min_clip_delta,
         clip_model=clip_model, fid_weights=fid_weights, max_accuracy_drop=max_accuracy_drop,
     )

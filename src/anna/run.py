@@ -42,7 +42,8 @@ BUILTIN_PROMPTS = (
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What `anna run` does; every field has a command-line option of the same name."""
+    """What `anna run` does, typed (the CLI parses its strings); every field has a command-line option of the same
+    name."""
 
     model: str = "tiny-t2i"
     run_dir: str = "runs/tiny-t2i"
@@ -50,9 +51,9 @@ class RunConfig:
     calib: int = 8  # calibrate on the first N prompts ...
     test: int = 16  # ... and evaluate on the first M (the calibration prompts plus M - N more)
     component: str = "unet"
-    sizes: str = "0.50:0.60:0.01"
-    steps: str = "1,2"
-    metrics: str = "mse,clip,fid"
+    sizes: tuple[float, ...] = tuple(round(0.50 + 0.01 * i, 2) for i in range(11))  # the 0.50:0.60:0.01 sweep
+    steps: tuple[int, ...] = (1, 2)
+    metrics: tuple[str, ...] = ("mse", "clip", "fid")
     cache_samples: int = 4
     validate: int = 30
     sketch_k: int | None = None
@@ -77,13 +78,11 @@ def _prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
     return texts[: cfg.calib], texts[: cfg.test]
 
 
-def feasible_sizes(sizes: str, smallest: float) -> list[float]:
+def feasible_sizes(sizes: Sequence[float], smallest: float) -> list[float]:
     """The sweep, with budgets below the smallest feasible ratio replaced by that ratio (rounded up), once. When the
     whole sweep lies below it (a text encoder, whose embeddings are no unit), the same span is swept above it."""
-    from anna.budgets import parse_sizes
-
     floor = float(f"{smallest + 0.0005:.3f}")
-    asked = parse_sizes(sizes=sizes)
+    asked = list(sizes)
     if max(asked) < floor:
         span = max(asked) - min(asked)
         asked = [round(floor + r - min(asked), 6) for r in asked if floor + r - min(asked) <= 1.0] or [floor]
@@ -127,7 +126,7 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     """Run every stage; returns the path of report.html."""
     from anna.adapters import load_model
     from anna.analyze.stage import analyze, load_analysis
-    from anna.budgets import parse_sizes
+    from anna.budgets import plan_names
     from anna.calibrate import calibrate
     from anna.evaluate.evaluate import EvalConfig, evaluate, parse_metrics, parse_steps
     from anna.evaluate.select import select_to_file
@@ -138,7 +137,7 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     folder = RunFolder(run_dir)
     calib_prompts, test_prompts = _prompts(cfg)
     steps, metrics = parse_steps(cfg.steps), parse_metrics(cfg.metrics)
-    parse_sizes(sizes=cfg.sizes)  # a bad sweep is an error before any stage runs
+    plan_names(sorted(cfg.sizes))  # a bad sweep is an error before any stage runs
     timings: dict[str, float] = {}
 
     def stage(name: str) -> None:
@@ -156,7 +155,7 @@ def run_all(cfg: RunConfig, echo: Echo = print, progress: bool = True) -> Path:
     analysis = load_analysis(run_dir)
     smallest = analysis.size_ratio(analysis.sizes.argmin(1))
     ratios = feasible_sizes(cfg.sizes, smallest)
-    if ratios[0] > float(cfg.sizes.split(":")[0]):
+    if ratios[0] > min(cfg.sizes):
         echo(f"note: the smallest feasible size ratio is {smallest:.4f}; the sweep starts at {ratios[0]:.3f}")
     search(run_dir, ratios, model=model, echo=echo)
     stage("export")
