@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "anna"
 # imports no stage; the stages follow in data-flow order; the drivers sit on top.
 FLOORS: list[tuple[str, ...]] = [
     ("errors", "artifacts", "runfolder"),
-    ("units", "stats", "attention"),
+    ("units", "stats", "attention", "domain"),
     ("options",),
     ("adapters",),
     ("inventory",),
@@ -27,7 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("report_data",),
     ("report_plots",),
     ("report",),
-    ("run", "api", "checks"),
+    ("run", "api", "checks", "train"),
     ("cli", "boundary", "__init__"),
 ]
 STAGES = ("calibrate", "analyze", "solve", "search", "export", "evaluate", "report", "run", "api", "cli")
