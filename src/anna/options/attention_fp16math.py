@@ -39,7 +39,16 @@ from anna.options.base import QuantizingOption
 from anna.options.fp8 import FP8_STORAGE, percentile_range
 from anna.options.registry import Storage, register_option
 from anna.options.schemes import FP8Scheme, Scheme
-from anna.options.wrappers import OPTION_ATTR, QuantLinear, _replace, _sub, activation_state, unit_option, weight_state
+from anna.options.wrappers import (
+    OPTION_ATTR,
+    QuantLinear,
+    _replace,
+    _sub,
+    activation_state,
+    check_plain_tensors,
+    unit_option,
+    weight_state,
+)
 from anna.stats import ActStats
 from anna.units import ACTIVATIONS, unit_bytes
 
@@ -128,16 +137,7 @@ def wrap_attention_linears(
     others = [(n, t) for n, t in list(module.named_parameters()) + list(module.named_buffers())
               if not n.startswith(inside)]
     known |= {n for n, _ in others}
-    extra = sorted(set(state) - known)
-    if extra:
-        raise AnnaError(f"{where}: unexpected tensor(s) {', '.join(extra[:5])}")
-    for name, t in others:
-        if name not in state:
-            raise AnnaError(f"{where}: missing tensor {name}")
-        want = torch.float16 if t.is_floating_point() else t.dtype
-        if state[name].dtype != want or state[name].shape != t.shape:
-            raise AnnaError(f"{where}: tensor '{name}' is {state[name].dtype} {tuple(state[name].shape)}, "
-                            f"expected {want} {tuple(t.shape)}")
+    check_plain_tensors(state, known, others, where)
     with torch.no_grad():
         for name, t in others:
             t.copy_(state[name])

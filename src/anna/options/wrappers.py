@@ -252,6 +252,23 @@ def build_quantized_unit(
     return _quantize_attention(scheme, option, module, state, where)
 
 
+def check_plain_tensors(
+    state: Mapping[str, Tensor], known: set[str], others: Sequence[tuple[str, Tensor]], where: str
+) -> None:
+    """A unit's stored tensors: none outside `known`, and each of its plain (unquantized) tensors `others` present in
+    FP16 (or its own dtype when not floating) with its shape."""
+    extra = sorted(set(state) - known)
+    if extra:
+        raise AnnaError(f"{where}: unexpected tensor(s) {', '.join(extra[:5])}")
+    for name, t in others:
+        if name not in state:
+            raise AnnaError(f"{where}: missing tensor {name}")
+        want = torch.float16 if t.is_floating_point() else t.dtype
+        if state[name].dtype != want or state[name].shape != t.shape:
+            raise AnnaError(f"{where}: tensor '{name}' is {state[name].dtype} {tuple(state[name].shape)}, "
+                            f"expected {want} {tuple(t.shape)}")
+
+
 def _quantize_attention(
     scheme: Scheme, option: str, module: nn.Module, state: Mapping[str, Tensor], where: str
 ) -> nn.Module:
@@ -270,16 +287,7 @@ def _quantize_attention(
         sub_state = _sub(state, f"{path}.")
         known |= {f"{path}.{k}" for k in sub_state}
         wrapped.append((path, cls(scheme, sub, sub_state, quantize_input=False, where=f"{where}.{path}")))
-    extra = sorted(set(state) - known)
-    if extra:
-        raise AnnaError(f"{where}: unexpected tensor(s) {', '.join(extra[:5])}")
-    for name, t in others:
-        if name not in state:
-            raise AnnaError(f"{where}: missing tensor {name}")
-        want = torch.float16 if t.is_floating_point() else t.dtype
-        if state[name].dtype != want or state[name].shape != t.shape:
-            raise AnnaError(f"{where}: tensor '{name}' is {state[name].dtype} {tuple(state[name].shape)}, "
-                            f"expected {want} {tuple(t.shape)}")
+    check_plain_tensors(state, known, others, where)
     act = ActQuantizer(scheme, act_names, _sub(state, "act_quant."), where=where)
     with torch.no_grad():
         for name, t in others:
