@@ -186,14 +186,6 @@ class FP16MathOption(QuantizingOption):
             return super().wrap(module, kind, state, where)
         return wrap_attention_linears(self.scheme, self.name, module, self.config.fp16_linears, state, where)
 
-    def quantized_submodules(self, module: nn.Module, kind: str) -> list[str] | None:
-        """The unit-relative paths of the sub-modules this option quantizes (the FP8 projections of an attention
-        unit; the ONNX export keeps the rest of the unit in float); None: the whole unit."""
-        if kind != "attention":
-            return None
-        paths = attention_projections(module, type(module).__name__)
-        return [paths[r] for r in quantized_roles(self.config.fp16_linears)]
-
     def unit_bytes(self, module: nn.Module, kind: str) -> int:
         """Real bytes of one unit under this option."""
         if kind != "attention":
