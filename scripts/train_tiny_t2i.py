@@ -1,15 +1,14 @@
-"""Train anna's built-in `tiny-t2i` pipeline and its judges (domain CLIP, attribute classifier) on the shapes domain.
+"""Train anna's built-in `tiny-t2i` pipeline and its domain CLIP on the shapes domain.
 
-    OMP_NUM_THREADS=1 python scripts/train_tiny_t2i.py [--stage all|pipeline|decoder|judges] [--seed 0] [--out DIR]
+    OMP_NUM_THREADS=1 python scripts/train_tiny_t2i.py [--stage all|pipeline|decoder|clip] [--seed 0] [--out DIR]
 
 Stages: `pipeline` (VAE, then UNet and both text encoders on its latents), `decoder` (the VAE decoder sharpened
-with the encoder frozen, from the saved pipeline), `judges` (`judge`, which also reads images autoencoded by the
-saved pipeline, then `clip`). Writes FP16 safetensors and JSON into `src/anna/assets/tiny_t2i/` (or --out):
-`pipeline/` (a diffusers StableDiffusionXLPipeline folder), `clip/` (a transformers CLIPModel folder) and `judge/`
-(the attribute classifier), plus `training.json` with the seed, steps, losses and wall time of each stage. One
-thread: on the same torch the same seed gives the same weights. Shipped weights: seed 0 and the default steps
-(`TrainConfig`, `--decoder-steps`, `JudgeConfig`); the stages were run one after another as
-`--stage pipeline`, `--stage decoder`, then `--stage clip` and `--stage judge`.
+with the encoder frozen, from the saved pipeline) and `clip` (the domain CLIP, contrastive). Writes FP16 safetensors
+and JSON into `src/anna/assets/tiny_t2i/` (or --out): `pipeline/` (a diffusers StableDiffusionXLPipeline folder),
+`clip/` (a transformers CLIPModel folder), plus `training.json` with the seed, steps, losses and wall time of each
+stage. One thread: on the same torch the same seed gives the same weights. Shipped weights: seed 0 and the default
+steps (`TrainConfig`, `--decoder-steps`, `JudgeConfig`), the stages run one after another as `--stage pipeline`,
+`--stage decoder`, then `--stage clip`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ def main() -> None:
     from anna.train import t2i
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("all", "pipeline", "decoder", "judges", "judge", "clip"), default="all")
+    ap.add_argument("--stage", choices=("all", "pipeline", "decoder", "clip"), default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(tiny_t2i.ASSETS))
     ap.add_argument("--vae-steps", type=int, default=t2i.TrainConfig.vae_steps)
@@ -75,15 +74,13 @@ def main() -> None:
                              "final_loss": sum(losses[-50:]) / 50}
         record_path.write_text(json.dumps(record, indent=1))
         log(f"decoder done in {time.time() - t0:.0f}s")
-    if args.stage in ("all", "judges", "judge", "clip"):
+    if args.stage in ("all", "clip"):
         from anna.train import judges
 
         t0 = time.time()
-        jcfg = judges.JudgeConfig(seed=args.seed)
-        parts = ("judge", "clip") if args.stage in ("all", "judges") else (args.stage,)
-        record.setdefault("judges", {}).update(judges.train_and_save(out, jcfg, log=log, parts=parts))
+        record["clip"] = judges.train_and_save(out, judges.JudgeConfig(seed=args.seed), log=log)
         record_path.write_text(json.dumps(record, indent=1))
-        log(f"judges done in {time.time() - t0:.0f}s")
+        log(f"clip done in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
