@@ -20,7 +20,6 @@ ONNX_MANIFEST = "onnx_manifest.json"  # the marker of an ONNX export folder (ann
 Echo = Callable[[str], Any] | None
 
 
-
 @dataclass(frozen=True)
 class CheckpointRef:
     """A checkpoint folder to evaluate: its folder name for the images, its kind and its plan (when it has one)."""

@@ -19,7 +19,6 @@ from anna.generate import generate_images, save_png
 CACHE_FILE = "cache.json"
 
 
-
 @dataclass
 class _Originals:
     images: list[Image.Image]
