@@ -5,32 +5,11 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from nets import Branches, Chain
 from torch import nn
 
 from anna.analyze.error_model import build_error_model, measured_mse, reference_outputs
 from anna.analyze.sketch import CountSketch
-
-
-class Branches(nn.Module):
-    """y = sum of parallel linears: every unit's output delta reaches the output unchanged, so deltas add exactly."""
-
-    def __init__(self, n: int = 5, d: int = 16) -> None:
-        super().__init__()
-        self.units = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
-
-    def forward(self, x):
-        return sum(u(x) for u in self.units)
-
-
-class Chain(nn.Module):
-    def __init__(self, n: int = 4, d: int = 16) -> None:
-        super().__init__()
-        self.units = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
-
-    def forward(self, x):
-        for u in self.units:
-            x = torch.tanh(u(x))
-        return x
 
 
 def grid_quantizer(model: nn.Module):

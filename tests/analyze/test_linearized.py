@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from nets import Branches, Chain
 from torch import nn
 
 from anna.analyze.error_model import build_error_model, measured_mse, reference_outputs
@@ -15,26 +16,6 @@ from anna.analyze.linearized import build_linear_model, count_passes, dominated
 from anna.analyze.validate import spearman
 
 STEPS = {"coarse": 0.05, "fine": 0.01, "awful": 0.5}
-
-
-class Branches(nn.Module):
-    def __init__(self, n: int = 4, d: int = 16) -> None:
-        super().__init__()
-        self.units = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
-
-    def forward(self, x):
-        return sum(u(x) for u in self.units)
-
-
-class Chain(nn.Module):
-    def __init__(self, n: int = 4, d: int = 16) -> None:
-        super().__init__()
-        self.units = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
-
-    def forward(self, x):
-        for u in self.units:
-            x = torch.tanh(u(x))
-        return x
 
 
 class GridQuantizer:
@@ -76,7 +57,7 @@ class GridQuantizer:
 
 def _setup(cls, options=("fp16", "coarse", "fine")):
     torch.manual_seed(0)
-    model = cls().eval()
+    model = cls(n=4).eval()
     samples = [torch.randn(64, 16) for _ in range(4)]
     units = [f"units.{i}" for i in range(len(model.units))]
     return model, samples, units, list(options), GridQuantizer(model)
