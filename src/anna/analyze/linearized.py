@@ -30,6 +30,7 @@ from anna.analyze.fisher import _first_tensor
 
 PRUNE_PROJECTIONS = 128  # projections seen before dominated options are dropped
 MIN_PROJECTIONS = 256  # probes x batch rows over all samples, at least: few rows get more probes
+GROUP_BYTES = 1 << 30  # recorded outputs and gradients held at once: samples share one quantization of each unit
 DEFAULT_PROBES = 4  # own-term spread 4.6% on MiniLM (8: 3.9%, 2: 8.6%), at half the backward cost of 8
 
 
@@ -115,6 +116,61 @@ def _per_row(t: Tensor, rows: int) -> Tensor:
     return t.reshape(rows, -1) if t.dim() > 0 and t.shape[0] == rows else t.reshape(1, -1)
 
 
+@dataclass
+class _Recorded:
+    """One cached sample after its forward and probe backwards: per unit, its calls' inputs, detached outputs, and
+    output gradients as (probes, rows, elements) with their mean square over probes."""
+
+    rows: int
+    probes: int
+    inputs: dict[str, list[tuple[tuple, dict]]]
+    refs: dict[str, list[Tensor]]
+    grads: dict[str, list[Tensor]]
+    grads_sq: dict[str, list[Tensor]]
+
+    def nbytes(self) -> int:
+        tensors = [t for d in (self.refs, self.grads, self.grads_sq) for ts in d.values() for t in ts]
+        tensors += [t for calls in self.inputs.values() for a, k in calls for t in (*a, *k.values())
+                    if isinstance(t, Tensor)]  # counts inputs shared by several units once each: an upper bound
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _record(grad_run: Runner, sample: Any, units: Sequence[str], component: nn.Module, probes: int,
+            gen: torch.Generator) -> tuple[_Recorded, int]:
+    """Forward one sample recording every unit, then the probe backwards; returns the record and the output's size."""
+    with torch.enable_grad(), record_units(component, units) as seen:
+        y = grad_run(sample)
+        rows = y.shape[0] if y.dim() > 0 else 1
+        outs = [(u, t) for u in units for t in seen[u].outputs]
+        if not all(t.dim() > 0 and t.shape[0] == rows for _, t in outs):
+            rows = 1  # some unit mixes batch rows: project whole samples
+        grads = iter(_probe_gradients(y, [t for _, t in outs], probes, gen))
+    rec = _Recorded(rows, probes, {}, {}, {}, {})
+    for u in units:
+        rec.inputs[u] = seen[u].inputs
+        rec.refs[u] = [t.detach().float() for t in seen[u].outputs]
+        rec.grads[u] = [next(grads).reshape(probes, rows, -1) for _ in seen[u].outputs]
+        rec.grads_sq[u] = [g.pow(2).mean(0) for g in rec.grads[u]]
+    return rec, y.numel()
+
+
+def _project(module: nn.Module, unit: str, rec: _Recorded, on_pass: Callable[[str], None] | None
+             ) -> tuple[np.ndarray, float, float]:
+    """Run the quantized unit on one sample's recorded inputs: (projections (probes * rows,), Fisher sum, sum of
+    squared deltas)."""
+    s = torch.zeros(rec.probes, rec.rows, dtype=torch.float64)
+    f_sum, sq = 0.0, 0.0
+    for (args, kwargs), ref, g, g2 in zip(rec.inputs[unit], rec.refs[unit], rec.grads[unit], rec.grads_sq[unit],
+                                          strict=True):
+        d = _per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rec.rows)
+        if on_pass:
+            on_pass("local")
+        s += torch.einsum("kre,re->kr", g, d).double()
+        f_sum += float((g2 * d.pow(2)).sum())
+        sq += float(d.pow(2).sum())
+    return s.reshape(-1).numpy() / np.sqrt(rec.probes), f_sum, sq
+
+
 def build_linear_model(
     grad_run: Runner,
     samples: Sequence[Any],
@@ -130,6 +186,7 @@ def build_linear_model(
     sizes: np.ndarray | None = None,
     prune_margin: float = 4.0,
     min_projections: int = MIN_PROJECTIONS,
+    group_bytes: int = GROUP_BYTES,
 ) -> ErrorModel:
     """The linearised model of `units` x `options` (options[0] is fp16) over the cached `samples`. `quantizer`
     is a UnitQuantizer (`unit_quantized(unit, option)` yields the quantized unit). `on_pass(kind)` is
@@ -137,7 +194,10 @@ def build_linear_model(
     With `sizes` (units x options bytes), once 128 projections are in, an option whose own term is over
     `prune_margin` times that of an option of the same unit that is no larger is dropped there: it is never run
     again, and its error is infinite (the search never picks it). The probes are raised so that probes x batch rows
-    over all samples is at least `min_projections`: the noise of the estimate falls with that number."""
+    over all samples is at least `min_projections`: the noise of the estimate falls with that number.
+
+    Samples are recorded in groups of up to `group_bytes` (recorded outputs and gradients); each unit-option is
+    quantized once per group and run on every sample of it, so a small model quantizes each unit-option once."""
     if options[0] != "fp16":
         raise ValueError("options[0] must be fp16")
     n, m = len(units), len(options)
@@ -147,63 +207,52 @@ def build_linear_model(
     n_elements = 0
     alive = np.ones((n, m), dtype=bool)
     total_rows = sum(batch_size(s) or 1 for s in samples)
-    pruned = False
+    k_here = max(probes, -(-min_projections // total_rows))
+    prune_cols = PRUNE_PROJECTIONS if sizes is not None else None  # projections before pruning, then None
     bar = tqdm(total=len(samples) * n, desc="analyze (linear)", unit="unit", disable=not progress)
-    for sample in samples:
-        with torch.enable_grad(), record_units(component, units) as seen:
-            y = grad_run(sample)
-            if on_pass:
-                on_pass("forward")
-            rows = y.shape[0] if y.dim() > 0 else 1
-            outs = [(u, t) for u in units for t in seen[u].outputs]
-            if not all(t.dim() > 0 and t.shape[0] == rows for _, t in outs):
-                rows = 1  # some unit mixes batch rows: project whole samples
-            n_elements += y.numel()
-            k_here = max(probes, -(-min_projections // total_rows))
-            grads = _probe_gradients(y, [t for _, t in outs], k_here, gen)
-            for _ in range(k_here if on_pass else 0):
-                on_pass("backward")
-        block = np.zeros((n, m, k_here * rows), dtype=np.float64)
-        c = 0
+
+    def run_group(group: list[_Recorded]) -> None:
+        nonlocal prune_cols
+        block = [np.zeros((n, m, k_here * r.rows)) for r in group]
+        cols = sum(b.shape[2] for b in blocks) + np.cumsum([b.shape[2] for b in block])
+        prune_here = prune_cols is not None and cols[-1] >= prune_cols
+        # Pruning is due in this group: every option runs on the samples up to the one where the projections reach
+        # PRUNE_PROJECTIONS (the head), is pruned per unit, and only the survivors run on the rest.
+        split = int(np.argmax(cols >= prune_cols)) + 1 if prune_here else len(group)
         for i, u in enumerate(units):
-            calls = seen[u]
-            idx = list(range(c, c + len(calls.outputs)))
-            c += len(calls.outputs)
-            if not idx:
-                bar.update(1)
-                continue
-            g_rows = [grads[q].reshape(k_here, rows, -1) for q in idx]  # (probes, rows, e)
-            g_sq = [g.pow(2).mean(0) for g in g_rows]
-            refs = [calls.outputs[q - idx[0]].detach().float() for q in idx]
-            for j in range(1, m):
-                if not alive[i, j]:
-                    continue
-                s = torch.zeros(k_here, rows, dtype=torch.float64)
-                f_sum, sq = 0.0, 0.0
-                with quantizer.unit_quantized(u, options[j]) as module, torch.inference_mode():
-                    for (args, kwargs), ref, g, g2 in zip(calls.inputs, refs, g_rows, g_sq, strict=True):
-                        d = _per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rows)
-                        if on_pass:
-                            on_pass("local")
-                        s += torch.einsum("kre,re->kr", g, d).double()
-                        f_sum += float((g2 * d.pow(2)).sum())
-                        sq += float(d.pow(2).sum())
-                vec = s.reshape(-1).numpy()
-                if not (np.isfinite(sq) and np.all(np.isfinite(vec))):
-                    block[i, j] = np.nan
-                    continue
-                block[i, j] = vec / np.sqrt(k_here)
-                fisher[i, j] += f_sum
-            bar.update(1)
-        blocks.append(block)
-        del grads, seen
-        seen_cols = sum(b.shape[2] for b in blocks)
-        if sizes is not None and not pruned and seen_cols >= PRUNE_PROJECTIONS:
-            # own terms so far: with >= 128 projections their spread is ~12%, far inside the 4x margin. (The Fisher
-            # score ignores correlations inside a unit's delta and is off by more than 4x on convolutions.)
-            own = sum((b**2).sum(2) for b in blocks)
-            alive &= ~dominated(np.where(np.isfinite(own), own, np.inf), sizes, prune_margin)
-            pruned = True
+            for part in (range(split), range(split, len(group))):
+                for j in (j for j in range(1, m) if alive[i, j] and part):
+                    with quantizer.unit_quantized(u, options[j]) as module, torch.inference_mode():
+                        for q in part:
+                            vec, f_sum, sq = _project(module, u, group[q], on_pass)
+                            finite = np.isfinite(sq) and np.all(np.isfinite(vec))
+                            block[q][i, j] = vec if finite else np.nan
+                            fisher[i, j] += f_sum if finite else 0.0
+                if prune_here and part.start == 0:
+                    own = sum((b[i] ** 2).sum(1) for b in blocks + block[:split])
+                    alive[i] &= ~dominated(np.where(np.isfinite(own), own, np.inf)[None], sizes[i : i + 1],
+                                           prune_margin)[0]
+            bar.update(len(group))
+        if prune_here:
+            prune_cols = None
+        blocks.extend(block)
+
+    group: list[_Recorded] = []
+    held = 0
+    for sample in samples:
+        rec, numel = _record(grad_run, sample, units, component, k_here, gen)
+        n_elements += numel
+        if on_pass:
+            on_pass("forward")
+            for _ in range(k_here):
+                on_pass("backward")
+        group.append(rec)
+        held += rec.nbytes()
+        if held >= group_bytes:
+            run_group(group)
+            group, held = [], 0
+    if group:
+        run_group(group)
     bar.close()
     sketches = np.concatenate(blocks, axis=2)
     bad = ~np.all(np.isfinite(sketches), axis=2) | ~alive

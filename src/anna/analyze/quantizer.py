@@ -1,6 +1,7 @@
 """A reversible quantizer for analysis: quantize some units of a component, run, put the originals back.
 
 The error model needs thousands of single-unit trials; each trial is a reversible `QuantHandle` that is undone on exit.
+A trial's wrappers keep their dequantized weights (`cache_weights`): a trial runs on many cached inputs, and is short.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 from anna.errors import AnnaError
 from anna.options.handle import QuantHandle
 from anna.options.registry import FP16
+from anna.options.wrappers import cache_weights
 from anna.stats import ActStats
 
 
@@ -33,7 +35,7 @@ class UnitQuantizer:
                 if name not in self.stats:
                     handle.unit(name)
                     raise AnnaError(f"no calibration statistics for unit '{name}'")
-                handle.quantize_unit(name, option, self.stats[name])
+                cache_weights(handle.quantize_unit(name, option, self.stats[name]))
             yield
 
     @contextmanager
@@ -42,4 +44,4 @@ class UnitQuantizer:
         if name not in self.stats:
             raise AnnaError(f"no calibration statistics for unit '{name}'")
         with QuantHandle(self.component, units=self.units) as handle:
-            yield handle.quantize_unit(name, option, self.stats[name])
+            yield cache_weights(handle.quantize_unit(name, option, self.stats[name]))

@@ -32,6 +32,15 @@ OPTION_ATTR = "anna_option"
 """Attribute that marks the root module of a quantized unit with its option name."""
 
 
+def cache_weights(module: nn.Module) -> nn.Module:
+    """Let every wrapper in ``module`` keep its dequantized weight between calls: a short-lived unit run on many
+    inputs (an analysis trial) dequantizes once, at the memory of a float copy of its weights. Returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, QuantModule):
+            m.cache_weight = True
+    return module
+
+
 def unit_option(module: nn.Module) -> str | None:
     """The option a unit module was quantized with, or None when it is not quantized."""
     return getattr(module, OPTION_ATTR, None)
@@ -64,16 +73,28 @@ class QuantModule(nn.Module):
     def __init__(self, scheme: Scheme) -> None:
         super().__init__()
         self.scheme = scheme
+        self.cache_weight = False  # keep the dequantized weight between calls (see `cache_weights`)
+        self._dequantized: Tensor | None = None
 
     def _load(self, state: Mapping[str, Tensor], spec: Mapping[str, TensorSpec], where: str) -> None:
         _check_state(state, spec, where)
         for key in spec:
             self.register_buffer(key, state[key].detach().clone())
+        self._dequantized = None
+
+    def weight_for(self, dtype: torch.dtype) -> Tensor:
+        """The weight dequantized from its codes in ``dtype``; kept for the next call when ``cache_weight`` is set."""
+        w = self._dequantized
+        if w is None or w.dtype != dtype:
+            w = self.scheme.dequantize_weight(self._parts("weight"), dtype)
+            self._dequantized = w if self.cache_weight else None
+        return w
 
     def _parts(self, prefix: str) -> dict[str, Tensor]:
         return {k[len(prefix) :]: b for k, b in self._buffers.items() if k.startswith(prefix) and b is not None}
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> QuantModule:
+        self._dequantized = None
         own = {k: b for k, b in self._buffers.items() if b is not None}
         for k in own:
             self._buffers[k] = None
@@ -117,7 +138,7 @@ class QuantLinear(QuantModule):
                               self._buffers["weight_scale"], bias, out_dtype=x.dtype)
         if self.quantize_input:
             x = self.scheme.fake_quant_activation(x, self._parts("input"))
-        w = self.scheme.dequantize_weight(self._parts("weight"), x.dtype)
+        w = self.weight_for(x.dtype)
         return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
     def extra_repr(self) -> str:
@@ -154,7 +175,7 @@ class QuantConv2d(QuantModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.quantize_input:
             x = self.scheme.fake_quant_activation(x, self._parts("input"))
-        w = self.scheme.dequantize_weight(self._parts("weight"), x.dtype)
+        w = self.weight_for(x.dtype)
         bias = self._buffers["bias"].to(x.dtype) if self.has_bias else None
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
