@@ -136,3 +136,20 @@ def test_near_front_plans_fit_their_budgets():
         size = (100 + sizes[np.arange(n), choice].sum()) / total
         assert lo - 1e-9 <= ratio <= lo + 0.10 + 1e-9
         assert size <= ratio + 1e-9 or size <= lo + 1e-9
+
+
+def test_sample_groups_quantize_each_unit_option_once_and_change_nothing():
+    model, samples, units, options, quantizer = _setup(Branches, ("fp16", "coarse", "fine", "awful"))
+    sizes = np.tile(np.array([32, 16, 16, 16]), (len(units), 1))
+    made = []
+    copy_of = quantizer.quantized_copy
+    quantizer.quantized_copy = lambda name, option: made.append((name, option)) or copy_of(name, option)
+    models = {}
+    for group_bytes in (1 << 30, 1):  # every sample in one group; one sample per group
+        made.clear()
+        models[group_bytes] = build_linear_model(model, samples, units, options, quantizer, model, probes=3,
+                                                 progress=False, sizes=sizes, group_bytes=group_bytes)
+        # one group: the 3 options on the first sample, then the survivor once on the other 3 samples
+        assert len(made) == (4 * 3 + 4 * 1 if group_bytes > 1 else 4 * 3 + 3 * 4 * 1)
+    one, per_sample = models.values()
+    assert np.array_equal(one.diag, per_sample.diag) and np.array_equal(one.sketches, per_sample.sketches)

@@ -63,3 +63,25 @@ def test_undo_restores_the_exact_component_and_commit_keeps_it():
     one_way = QuantHandle(model.component("text_encoder_2"), reversible=False)
     with pytest.raises(AnnaError, match="cannot be undone"):
         one_way.undo()
+
+
+def test_cached_weights_give_the_same_outputs_and_only_trials_cache():
+    from anna.analyze.quantizer import UnitQuantizer
+    from anna.options.wrappers import QuantLinear
+
+    model = load_model("tiny-sdxl")
+    enc = model.component("text_encoder")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    name, kind = next((n, k) for n, (k, _) in QuantHandle(enc).units.items() if k == "linear")
+    with QuantHandle(enc) as handle:  # an applied plan keeps only codes: nothing cached
+        wrapper = handle.quantize_unit(name, "fp8-absmax", _stats(kind))
+        plain = enc(ids).last_hidden_state
+        assert isinstance(wrapper, QuantLinear) and wrapper._dequantized is None
+    quantizer = UnitQuantizer(enc, {name: _stats(kind)})
+    with quantizer.unit_quantized(name, "fp8-absmax") as trial:  # a trial dequantizes once
+        w = trial.weight_for(torch.float32)
+        assert trial.weight_for(torch.float32) is w
+        assert torch.equal(enc(ids).last_hidden_state, plain)
+        assert trial.weight_for(torch.float64) is not w and trial.weight_for(torch.float64).dtype == torch.float64
+        trial.to("cpu")  # a device move drops the cached copy
+        assert trial._dequantized is None
