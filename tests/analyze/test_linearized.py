@@ -153,3 +153,13 @@ def test_sample_groups_quantize_each_unit_option_once_and_change_nothing():
         assert len(made) == (4 * 3 + 4 * 1 if group_bytes > 1 else 4 * 3 + 3 * 4 * 1)
     one, per_sample = models.values()
     assert np.array_equal(one.diag, per_sample.diag) and np.array_equal(one.sketches, per_sample.sketches)
+
+
+def test_same_trials_are_copied_not_run():
+    model, samples, units, options, quantizer = _setup(Branches)
+    local = []
+    same = {(i, 2): 1 for i in range(len(units))}  # "fine" quantizes every unit exactly as "coarse": copy it
+    em = build_linear_model(model, samples, units, options, quantizer, model, probes=3, progress=False,
+                            on_pass=lambda kind: local.append(kind) if kind == "local" else None, same_as=same)
+    assert len(local) == len(units) * len(samples)
+    assert np.array_equal(em.diag[:, 2], em.diag[:, 1]) and np.array_equal(em.fisher[:, 2], em.fisher[:, 1])

@@ -154,17 +154,21 @@ def _record(grad_run: Runner, sample: Any, units: Sequence[str], component: nn.M
     return rec, y.numel()
 
 
-def _project(module: nn.Module, unit: str, rec: _Recorded, on_pass: Callable[[str], None] | None
-             ) -> tuple[np.ndarray, float, float]:
-    """Run the quantized unit on one sample's recorded inputs: (projections (probes * rows,), Fisher sum, sum of
-    squared deltas)."""
-    s = torch.zeros(rec.probes, rec.rows, dtype=torch.float64)
-    f_sum, sq = 0.0, 0.0
-    for (args, kwargs), ref, g, g2 in zip(rec.inputs[unit], rec.refs[unit], rec.grads[unit], rec.grads_sq[unit],
-                                          strict=True):
-        d = _per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rec.rows)
+def _deltas(module: nn.Module, unit: str, rec: _Recorded, on_pass: Callable[[str], None] | None) -> list[Tensor]:
+    """The quantized unit's output deltas on one sample's recorded inputs, per call, as (rows, elements)."""
+    out = []
+    for (args, kwargs), ref in zip(rec.inputs[unit], rec.refs[unit], strict=True):
+        out.append(_per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rec.rows))
         if on_pass:
             on_pass("local")
+    return out
+
+
+def _score(unit: str, rec: _Recorded, deltas: Sequence[Tensor]) -> tuple[np.ndarray, float, float]:
+    """One sample's deltas of a unit: (projections (probes * rows,), Fisher sum, sum of squared deltas)."""
+    s = torch.zeros(rec.probes, rec.rows, dtype=torch.float64)
+    f_sum, sq = 0.0, 0.0
+    for d, g, g2 in zip(deltas, rec.grads[unit], rec.grads_sq[unit], strict=True):
         s += torch.einsum("kre,re->kr", g, d).double()
         f_sum += float((g2 * d.pow(2)).sum())
         sq += float(d.pow(2).sum())
@@ -187,6 +191,7 @@ def build_linear_model(
     prune_margin: float = 4.0,
     min_projections: int = MIN_PROJECTIONS,
     group_bytes: int = GROUP_BYTES,
+    same_as: dict[tuple[int, int], int] | None = None,
 ) -> ErrorModel:
     """The linearised model of `units` x `options` (options[0] is fp16) over the cached `samples`. `quantizer`
     is a UnitQuantizer (`unit_quantized(unit, option)` yields the quantized unit). `on_pass(kind)` is
@@ -197,7 +202,9 @@ def build_linear_model(
     over all samples is at least `min_projections`: the noise of the estimate falls with that number.
 
     Samples are recorded in groups of up to `group_bytes` (recorded outputs and gradients); each unit-option is
-    quantized once per group and run on every sample of it, so a small model quantizes each unit-option once."""
+    quantized once per group and run on every sample of it, so a small model quantizes each unit-option once.
+
+    `same_as[(i, j)] = j0` says option j quantizes unit i exactly as option j0 does: its projections are copied."""
     if options[0] != "fp16":
         raise ValueError("options[0] must be fp16")
     n, m = len(units), len(options)
@@ -211,6 +218,26 @@ def build_linear_model(
     prune_cols = PRUNE_PROJECTIONS if sizes is not None else None  # projections before pruning, then None
     bar = tqdm(total=len(samples) * n, desc="analyze (linear)", unit="unit", disable=not progress)
 
+    same_as = same_as or {}
+
+    def run_unit(i: int, group: list[_Recorded], part: range, block: list[np.ndarray]) -> None:
+        for j in range(1, m):
+            if alive[i, j] and (i, j) not in same_as:
+                with quantizer.unit_quantized(units[i], options[j]) as module, torch.inference_mode():
+                    for q in part:
+                        _store(block[q], i, j, _score(units[i], group[q], _deltas(module, units[i], group[q],
+                                                                                   on_pass)))
+        for (i0, j), j0 in same_as.items():
+            if i0 == i and alive[i, j]:
+                for q in part:
+                    block[q][i, j] = block[q][i, j0]
+
+    def _store(b: np.ndarray, i: int, j: int, scored: tuple[np.ndarray, float, float]) -> None:
+        vec, f_sum, sq = scored
+        finite = np.isfinite(sq) and np.all(np.isfinite(vec))
+        b[i, j] = vec if finite else np.nan
+        fisher[i, j] += f_sum if finite else 0.0
+
     def run_group(group: list[_Recorded]) -> None:
         nonlocal prune_cols
         block = [np.zeros((n, m, k_here * r.rows)) for r in group]
@@ -219,15 +246,10 @@ def build_linear_model(
         # Pruning is due in this group: every option runs on the samples up to the one where the projections reach
         # PRUNE_PROJECTIONS (the head), is pruned per unit, and only the survivors run on the rest.
         split = int(np.argmax(cols >= prune_cols)) + 1 if prune_here else len(group)
-        for i, u in enumerate(units):
+        for i in range(n):
             for part in (range(split), range(split, len(group))):
-                for j in (j for j in range(1, m) if alive[i, j] and part):
-                    with quantizer.unit_quantized(u, options[j]) as module, torch.inference_mode():
-                        for q in part:
-                            vec, f_sum, sq = _project(module, u, group[q], on_pass)
-                            finite = np.isfinite(sq) and np.all(np.isfinite(vec))
-                            block[q][i, j] = vec if finite else np.nan
-                            fisher[i, j] += f_sum if finite else 0.0
+                if part:
+                    run_unit(i, group, part, block)
                 if prune_here and part.start == 0:
                     own = sum((b[i] ** 2).sum(1) for b in blocks + block[:split])
                     alive[i] &= ~dominated(np.where(np.isfinite(own), own, np.inf)[None], sizes[i : i + 1],
@@ -254,6 +276,8 @@ def build_linear_model(
     if group:
         run_group(group)
     bar.close()
+    for (i, j), j0 in same_as.items():
+        fisher[i, j] = fisher[i, j0]
     sketches = np.concatenate(blocks, axis=2)
     bad = ~np.all(np.isfinite(sketches), axis=2) | ~alive
     sketches[bad] = 0.0

@@ -40,10 +40,10 @@ PRUNE = False
 def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]:
     """build_error_model's signature over the linearised model (it has no per-unit checkpoints: it is fast)."""
 
-    def build(run, samples, units, options, quantize, *, seed, progress, component, grad_run, **_ignored):
+    def build(run, samples, units, options, quantize, *, seed, progress, component, grad_run, same_as, **_ignored):
         return build_linear_model(
             grad_run, samples, units, options, quantize, component, probes=probes, seed=seed, progress=progress,
-            sizes=sizes if PRUNE else None,
+            sizes=sizes if PRUNE else None, same_as=same_as,
         )
 
     return build
