@@ -234,8 +234,10 @@ def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, error_model, p
               help="Measured polish: the N most sensitive units of each plan try their other same-size options.")
 @click.option("--margin", type=NONNEG, default=0.05, show_default=True,
               help="Measure anna's candidates predicted within this fraction of the best one.")
+@click.option("--measure-rows", type=COUNT, default=64, show_default=True,
+              help="Measure plans on the first cached inputs holding this many batch rows (0: all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, polish, margin, quiet):
+def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, polish, margin, measure_rows, quiet):
     """Solve for the plan of least predicted MSE under each budget (DP with cross terms): plans/*.json, front.json."""
     from anna.budgets import parse_sizes
     from anna.checks import writable_folder
@@ -244,7 +246,7 @@ def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, poli
     ratios = parse_sizes(size, sizes)
     writable_folder(run_dir, create=False)
     path = search(run_dir, ratios, measure=not no_measure, baselines=not no_baselines, corrected=not uncorrected,
-                  polish=polish, margin=margin, progress=not quiet, echo=click.echo)
+                  polish=polish, margin=margin, measure_rows=measure_rows, progress=not quiet, echo=click.echo)
     click.echo(f"wrote {path}")
 
 

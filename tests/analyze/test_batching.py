@@ -51,3 +51,16 @@ def test_merged_run_matches_separate_runs(tiny):
         (a, k), = merge_samples(samples)
         merged = unet(*a, **k).sample
     assert torch.allclose(merged, separate, atol=1e-5)
+
+
+def test_first_rows_takes_whole_samples_up_to_the_rows_asked():
+    from anna.analyze.batching import first_rows, rows_of
+
+    samples = [torch.zeros(32, 3), torch.zeros(32, 3), {"x": torch.zeros(8, 2)}, torch.tensor(1.0)]
+    assert rows_of(samples) == 32 + 32 + 8 + 1
+    def ids(xs):
+        return [id(x) for x in xs]
+
+    assert ids(first_rows(samples, 64)) == ids(samples[:2]) and ids(first_rows(samples, 65)) == ids(samples[:3])
+    assert ids(first_rows(samples, 1)) == ids(samples[:1]) and ids(first_rows(samples, 0)) == ids(samples)
+    assert ids(first_rows(samples, 10_000)) == ids(samples)

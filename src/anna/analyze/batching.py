@@ -69,3 +69,20 @@ def merge_samples(samples: Sequence[Any], max_batch: int = 16) -> list[Any]:
         rows += n
     flush()
     return out
+
+
+def rows_of(samples: Sequence[Any]) -> int:
+    """Batch rows in `samples` (a sample without one batch dimension counts as one row)."""
+    return sum(batch_size(s) or 1 for s in samples)
+
+
+def first_rows(samples: Sequence[Any], rows: int) -> list[Any]:
+    """The first samples that together hold at least `rows` batch rows (at least one sample); all when `rows` is 0."""
+    if rows <= 0:
+        return list(samples)
+    out: list[Any] = []
+    for s in samples:
+        if out and rows_of(out) >= rows:
+            break
+        out.append(s)
+    return out
