@@ -28,7 +28,7 @@ from anna.analyze.validate import corrected_report, measure_plans, validation_re
 from anna.artifacts import read_json, read_tensors, write_json, write_tensors
 from anna.errors import AnnaError
 from anna.inventory import Inventory, build_inventory
-from anna.options.registry import DEFAULT_BAG, parse_bag, same_trials
+from anna.options.registry import default_bag, parse_bag, same_trials
 from anna.runfolder import RunFolder
 
 ERROR_MODELS = ("exact", "linear")
@@ -143,8 +143,8 @@ def analyze(
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     out = folder.analysis
-    options = parse_bag(",".join(bag) if bag else ",".join(DEFAULT_BAG))
     trial = open_trial(run_dir, model)
+    options = parse_bag(",".join(bag) if bag else None, default_bag(trial.inventory.unit(u).kind for u in trial.units))
     config = {
         "calibration": folder.calibration_digest(),  # a recalibration makes the analysis stale
         "model": trial.model.name,
