@@ -313,3 +313,17 @@ def test_fp8_linear_bf16_output() -> None:
     ref = F.linear(fake_quant_fp8(x, x_scale), dequantize_fp8(w_q, w_scale, axis=0))
     assert got.dtype == torch.bfloat16
     assert ((got.float() - ref).abs().max() / ref.abs().max()).item() <= 2**-8  # one bf16 rounding
+
+
+def test_fp8_codes_to_float_is_the_cast_on_every_finite_code() -> None:
+    from anna.options.quant import fp8_codes_to_float
+
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    ref = codes.float()
+    finite = ~ref.isnan()
+    assert finite.sum() == 254  # 0x7F and 0xFF are E4M3's NaNs, which saturated quantization never produces
+    got = fp8_codes_to_float(codes)
+    assert torch.equal(got[finite], ref[finite]) and torch.equal(got.signbit()[finite], ref.signbit()[finite])
+    x = torch.randn(4096) * 30
+    scale = torch.tensor(0.05)
+    assert torch.equal(fake_quant_fp8(x, scale), quantize_fp8(x, scale).float() * scale)
