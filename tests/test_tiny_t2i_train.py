@@ -92,15 +92,15 @@ def test_sharpen_stage_is_reproducible_and_its_losses_fall():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        hist, w1, before, after = _sharpen(seed=5, steps=30)
-        again, w2, _, _ = _sharpen(seed=5, steps=30)
+        hist, w1, before, after = _sharpen(seed=5, steps=12)
+        again, w2, _, _ = _sharpen(seed=5, steps=12)
     finally:
         torch.set_num_threads(threads)
     assert hist == again  # bit-identical on one thread
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
-    assert len(hist["loss"]) == 30
-    # on one fixed batch (same timesteps and noise): both terms fall
-    assert after[0] < 0.5 * before[0] and after[1] < 0.9 * before[1], (before, after)
+    assert len(hist["loss"]) == 12
+    # on one fixed batch (same timesteps and noise): the latent, pixel and hinge terms all fall
+    assert after[0] < 0.5 * before[0] and after[1] < 0.95 * before[1] and after[2] < 0.9 * before[2], (before, after)
 
 
 def test_sharpen_timesteps_hit_the_sampling_steps():
