@@ -225,9 +225,8 @@ def evaluate(
     for ref in refs:
         if ref.component is not None and ref.component not in base.components:
             raise AnnaError(f"checkpoint {ref.path} is for component '{ref.component}', which {base.name} lacks")
-    kit = base.metrics
-    config = replace(config, clip_model=config.clip_model or kit.clip_model or DEFAULT_CLIP_MODEL,
-                     fid_weights=config.fid_weights or kit.fid_weights)
+    config = replace(config, clip_model=config.clip_model or base.metrics.clip_model or DEFAULT_CLIP_MODEL,
+                     fid_weights=config.fid_weights or base.metrics.fid_weights)
     overrides = {k: v for k, v in (("guidance", config.guidance), ("height", config.height),
                                    ("width", config.width)) if v is not None}
     defaults = replace(base.defaults, **overrides)
