@@ -63,11 +63,8 @@ def test_draws_held_out_prompts():
     model = load_model("tiny-t2i")
     prompts = shapes.held_out_prompts(6)
     images = generate_images(model, prompts, replace(tiny_t2i.DEFAULTS, steps=2), seed=0, progress=False)
-    # every attribute but the shape (the 8x8 latent draws circles as rounded squares) is right in each image
-    for scene, prompt in zip(nearest.predict(images), prompts, strict=True):
-        want = shapes.scene_of(prompt)
-        assert scene.background == want.background
-        assert [(o[0], o[2]) for o in scene.objects] == [(o[0], o[2]) for o in want.objects]
+    # every shape, colour, place and background right in each image (circles round since the sharpen stage)
+    assert nearest.correct(images, prompts) == [True] * 6
     renders = [shapes.render_caption(p) for p in shapes.held_out_prompts(30)]
     assert nearest.accuracy(renders, shapes.held_out_prompts(30)) == 1.0
     clip = ClipScorer(str(tiny_t2i.CLIP_DIR), device="cpu")
@@ -103,3 +100,20 @@ def test_run_reports_clip_fid_and_accuracy(tmp_path):
     if chosen[0].startswith("selected "):
         selected = json.loads((tmp_path / "run" / "selected.json").read_text())
         assert selected["thresholds"] == {**tiny_t2i.THRESHOLDS, "max_mse": None}
+
+
+def test_evaluate_scores_with_the_domain_clip_by_default(tmp_path):
+    from click.testing import CliRunner
+
+    from anna.cli import cli
+
+    texts = shapes.held_out_prompts(4)[2:]
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    r = CliRunner().invoke(cli, ["evaluate", "--model", "tiny-t2i", "--prompts", str(tmp_path / "p.txt"),
+                                 "--steps", "1", "--metrics", "clip", "--out", str(tmp_path / "ev"), "-q"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["clip_model"] == str(tiny_t2i.CLIP_DIR)  # offline, no hub download
+    images = generate_images(load_model("tiny-t2i"), texts, replace(tiny_t2i.DEFAULTS, steps=1), seed=0, progress=False)
+    want = ClipScorer(str(tiny_t2i.CLIP_DIR), device="cpu").score(images, texts)
+    assert metrics["original"][0]["clip"] == pytest.approx(want, rel=1e-4)

@@ -7,7 +7,7 @@ import torch
 
 from anna.adapters import tiny_t2i
 from anna.domain import shapes
-from anna.train import t2i
+from anna.train import sharpen, t2i
 
 
 def test_domain_is_deterministic_and_holds_out_prompts():
@@ -65,6 +65,48 @@ def test_training_is_reproducible_and_the_loss_falls():
     assert losses == again  # bit-identical on one thread
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+
+
+def _sharpen(seed: int, steps: int) -> tuple[dict[str, list[float]], dict[str, torch.Tensor], tuple, tuple]:
+    """Sharpen a fresh pipeline on 8 captions; also the loss terms on one fixed batch before and after."""
+    caps = [c for c, _ in shapes.split()[0][:8]]
+    pipe = tiny_t2i.build_fresh(shapes.vocabulary(), seed)
+    images = t2i.images_tensor(caps)
+    latents = t2i.encode_latents(pipe, images)
+    ids = t2i.token_ids(pipe, caps)
+    vae_before = {k: v.clone() for k, v in pipe.vae.state_dict().items()}
+    cfg = sharpen.SharpenConfig(seed=seed, steps=steps, batch=8, lr=2e-3, pixel_share=0.5)
+
+    def fixed() -> tuple:
+        with torch.no_grad():
+            return sharpen.sharpen_loss(pipe, latents, images, ids, caps, torch.Generator().manual_seed(99), cfg)[1:]
+
+    before = fixed()
+    hist = sharpen.sharpen_unet(pipe, latents, images, ids, caps, cfg, log=lambda s: None, progress=False)
+    assert all(torch.equal(v, pipe.vae.state_dict()[k]) for k, v in vae_before.items())  # the VAE stays frozen
+    assert all(p.requires_grad for p in pipe.vae.parameters())  # ... and is handed back trainable
+    return hist, {k: v.clone() for k, v in pipe.unet.state_dict().items()}, before, fixed()
+
+
+def test_sharpen_stage_is_reproducible_and_its_losses_fall():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        hist, w1, before, after = _sharpen(seed=5, steps=12)
+        again, w2, _, _ = _sharpen(seed=5, steps=12)
+    finally:
+        torch.set_num_threads(threads)
+    assert hist == again  # bit-identical on one thread
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert len(hist["loss"]) == 12
+    # on one fixed batch (same timesteps and noise): the latent, pixel and hinge terms all fall
+    assert after[0] < 0.5 * before[0] and after[1] < 0.95 * before[1] and after[2] < 0.9 * before[2], (before, after)
+
+
+def test_sharpen_timesteps_hit_the_sampling_steps():
+    t = sharpen.sharpen_timesteps(4000, torch.Generator().manual_seed(0))
+    assert 0.45 < (t == 999).float().mean() < 0.55 and 0.2 < (t == 499).float().mean() < 0.3
+    assert int(t.min()) >= 0 and int(t.max()) <= 999
 
 
 def test_text_encoding_matches_the_pipeline():

@@ -260,7 +260,7 @@ def search_cmd(run_dir, size, sizes, no_measure, no_baselines, uncorrected, poli
 @click.option("--height", type=SIDE, default=None)
 @click.option("--width", type=SIDE, default=None)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Prompt i uses seed + i, as in generate.")
-@click.option("--clip-model", default="openai/clip-vit-base-patch16", show_default=True, help="CLIP hub id or folder.")
+@click.option("--clip-model", default=None, help="CLIP hub id or folder (default: the model's own, else OpenAI's).")
 @click.option("--fid-weights", default=None, help="Inception state dict, or a TorchScript feature extractor file.")
 @click.option("--fid-reference", default=None, type=click.Path(file_okay=False), help="Reference image folder for FID.")
 @click.option("--component-calls", type=POSITIVE, default=16, show_default=True,

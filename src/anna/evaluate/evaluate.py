@@ -83,8 +83,8 @@ class EvalConfig:
     guidance: float | None = None
     height: int | None = None
     width: int | None = None
-    clip_model: str = DEFAULT_CLIP_MODEL
-    fid_weights: str | None = None
+    clip_model: str | None = None  # None: the model's own (tiny-t2i: its domain CLIP), else DEFAULT_CLIP_MODEL
+    fid_weights: str | None = None  # None: the model's own FID features, else Inception
     fid_reference: str | None = None
     component_calls: int = 16
 
@@ -225,6 +225,8 @@ def evaluate(
     for ref in refs:
         if ref.component is not None and ref.component not in base.components:
             raise AnnaError(f"checkpoint {ref.path} is for component '{ref.component}', which {base.name} lacks")
+    config = replace(config, clip_model=config.clip_model or base.metrics.clip_model or DEFAULT_CLIP_MODEL,
+                     fid_weights=config.fid_weights or base.metrics.fid_weights)
     overrides = {k: v for k, v in (("guidance", config.guidance), ("height", config.height),
                                    ("width", config.width)) if v is not None}
     defaults = replace(base.defaults, **overrides)
