@@ -39,11 +39,8 @@ def _quiet_libraries() -> None:
 def _settings(model, steps, guidance, height, width):
     from dataclasses import replace
 
-    base = model.defaults
-    return replace(
-        base,
-        **{k: v for k, v in dict(steps=steps, guidance=guidance, height=height, width=width).items() if v is not None},
-    )
+    given = dict(steps=steps, guidance=guidance, height=height, width=width)
+    return replace(model.defaults, **{k: v for k, v in given.items() if v is not None})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
