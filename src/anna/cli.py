@@ -204,9 +204,9 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
 @click.option("--fisher-samples", type=COUNT, default=1, show_default=True, help="Samples for the Fisher baseline.")
 @click.option("--validate", type=COUNT, default=30, show_default=True,
               help="Plans near the front to validate on (0: skip).")
-@click.option("--error-model", type=click.Choice(["exact", "linear"]), default="exact", show_default=True,
-              help="exact: one component run per unit, option and sample; linear: a few backward passes per sample "
-              "and one local run per unit-option.")
+@click.option("--error-model", type=click.Choice(["linear", "exact"]), default="linear", show_default=True,
+              help="linear: a few backward passes per sample and one local run per unit-option; exact: one component "
+              "run per unit, option and sample.")
 @click.option("--probes", type=POSITIVE, default=4, show_default=True, help="Random output projections (linear model).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, error_model, probes, quiet):

@@ -27,6 +27,7 @@ def run(tmp_path_factory, coco_tsv):
 
 
 def test_analyze_resume_gives_the_same_model(run, tmp_path):
+    """The exact model checkpoints unit by unit: a stopped analysis resumes to the same model."""
     model, run_dir = run
 
     class Stop(Exception):
@@ -48,11 +49,11 @@ def test_analyze_resume_gives_the_same_model(run, tmp_path):
     stage.write_json = stop_after_three_units
     try:
         with pytest.raises(Stop):
-            analyze(run_dir, model=model, validate=0, progress=False, echo=None)
+            analyze(run_dir, model=model, validate=0, progress=False, echo=None, error_model="exact")
     finally:
         stage.write_json = original
     assert json.loads((run_dir / "analysis" / "partial.json").read_text())["done"] == 3
-    analyze(run_dir, model=model, validate=12, progress=False, echo=None)
+    analyze(run_dir, model=model, validate=12, progress=False, echo=None, error_model="exact")
     resumed = load_analysis(run_dir)
     assert not (run_dir / "analysis" / "partial.json").exists()
 
@@ -61,7 +62,7 @@ def test_analyze_resume_gives_the_same_model(run, tmp_path):
     for name in ("run.json", "calibration"):
         src = run_dir / name
         (fresh_dir / name).symlink_to(src, target_is_directory=src.is_dir())
-    analyze(fresh_dir, model=model, validate=0, progress=False, echo=None)
+    analyze(fresh_dir, model=model, validate=0, progress=False, echo=None, error_model="exact")
     fresh = load_analysis(fresh_dir)
     assert np.array_equal(resumed.error_model.diag, fresh.error_model.diag)
     assert np.array_equal(resumed.error_model.sketches, fresh.error_model.sketches)

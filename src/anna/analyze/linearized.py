@@ -101,7 +101,8 @@ def _probe_gradients(y: Tensor, tensors: list[Tensor], probes: int, gen: torch.G
     r = torch.randn((probes, *y.shape), generator=gen).to(y.device, y.dtype)
     need = [t for t in tensors if t.requires_grad]
     try:
-        got = torch.autograd.grad(y, need, grad_outputs=r, is_grads_batched=True, allow_unused=True)
+        # the graph is kept: an op without a batching rule (a conv's memory-format query) fails partway through
+        got = torch.autograd.grad(y, need, grad_outputs=r, is_grads_batched=True, allow_unused=True, retain_graph=True)
     except RuntimeError:  # an op without a batching rule: one backward per probe
         per = [torch.autograd.grad(y, need, grad_outputs=r[k], retain_graph=True, allow_unused=True)
                for k in range(probes)]

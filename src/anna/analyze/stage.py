@@ -129,14 +129,14 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     echo: Callable[[str], Any] | None = print,
-    error_model: str = "exact",
+    error_model: str = "linear",
     probes: int = DEFAULT_PROBES,
 ) -> Path:
     """Build, validate and save the error model of `run_dir`; returns the analysis folder. `error_model` is
-    "exact" (one component run per unit, option and sample) or "linear" (`probes` backward passes per sample and
-    one local run per unit-option: see anna.analyze.linearized). Validation measures `validate` plans near the front
-    whose sizes span `size_range` above the smallest feasible ratio; with two or more cached samples, the last one
-    is held out of the model and the fidelity on it is reported too."""
+    "linear" (`probes` backward passes per sample and one local run per unit-option: see anna.analyze.linearized)
+    or "exact" (one component run per unit, option and sample; resumable unit by unit). Validation measures
+    `validate` plans near the front whose sizes span `size_range` above the smallest feasible ratio; with two or
+    more cached samples, the last one is held out of the model and the fidelity on it is reported too."""
     if error_model not in ERROR_MODELS:
         raise AnnaError(f"unknown error model '{error_model}': choose one of {', '.join(ERROR_MODELS)}")
     start = time.time()
