@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--calib", default=None, help="calibration rows (default: 1-200; tiny-t2i 1-100)")
     ap.add_argument("--test", default=None, help="held-out rows (default: 4001-4500; tiny-t2i 101-200)")
     ap.add_argument("--batch-size", type=int, default=64, help="component inputs per batch (tiny-sdxl, tiny-t2i)")
+    ap.add_argument("--calib-calls", type=int, default=None,
+                    help="component calls kept per calibration prompt, rotating over the steps (default: all)")
     ap.add_argument("--bag", default=None, help="anna's options, comma-separated (default: the registry's bag)")
     args = ap.parse_args()
     t2i = args.model == "tiny-t2i"
@@ -163,7 +165,7 @@ def main() -> None:
     test_rows = args.test or ("101-200" if t2i else "4001-4500")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    case = load_case(args.model, args.component, calib_rows, test_rows, args.batch_size)
+    case = load_case(args.model, args.component, calib_rows, test_rows, args.batch_size, args.calib_calls)
     calib, heldout, total_fp16 = case.calib, case.heldout, case.total_fp16
     ref = embed(heldout, heldout.component())
     result: dict = {"model": case.name, "calib_rows": calib_rows, "test_rows": test_rows,

@@ -156,24 +156,37 @@ def stack(rows: list[dict[str, torch.Tensor]], batch_size: int) -> list[dict[str
             for i in range(0, len(rows), batch_size)]
 
 
+def rotate_calls(calls: list, per_prompt: int, keep: int | None) -> list:
+    """`keep` of each prompt's `per_prompt` calls, rotating (prompt i keeps calls i, i+1, ... mod `per_prompt`), so
+    that every step is seen equally often; None keeps all."""
+    if keep is None or keep >= per_prompt:
+        return calls
+    return [c for k, c in enumerate(calls) if (k % per_prompt - k // per_prompt) % per_prompt < keep]
+
+
 def pipeline_case(spec: str, component: str, calib_prompts: Sequence[str], test_prompts: Sequence[str],
-                  batch_size: int, data: dict[str, Any]) -> PeerCase:
-    """A built-in pipeline's component, with the inputs it receives on the calibration and the held-out prompts."""
+                  batch_size: int, data: dict[str, Any], calib_calls: int | None = None) -> PeerCase:
+    """A built-in pipeline's component, with the inputs it receives on the calibration and the held-out prompts
+    (for calibration, `calib_calls` of each prompt's component calls, rotating over the steps; default all)."""
     model = load_model(spec)
     module = model.component(component)
     rows_of, forward = (unet_rows, unet_forward) if component == "unet" else (decoder_rows, decoder_forward)
+    per_prompt = model.defaults.steps if component == "unet" else 1
     views = []
     for prompts, what in ((calib_prompts, "calib"), (test_prompts, "test")):
-        rows = rows_of(record_calls(model, component, prompts, f"record {component} ({what})"))
+        calls = record_calls(model, component, prompts, f"record {component} ({what})")
+        rows = rows_of(rotate_calls(calls, per_prompt, calib_calls if what == "calib" else None))
         views.append((from_module(module, stack(rows, batch_size), forward=forward, name=f"{spec}/{component}"),
                       len(rows)))
     (calib, n_calib), (heldout, n_test) = views
-    data = {**data, "component": component, "calib_inputs": n_calib, "test_inputs": n_test, "batch_size": batch_size,
-            "steps": model.defaults.steps, "guidance": model.defaults.guidance}
+    data = {**data, "component": component, "calib_calls_per_prompt": min(calib_calls or per_prompt, per_prompt),
+            "test_calls_per_prompt": per_prompt, "calib_inputs": n_calib, "test_inputs": n_test,
+            "batch_size": batch_size, "steps": model.defaults.steps, "guidance": model.defaults.guidance}
     return PeerCase(f"{spec}/{component}", calib, heldout, build_inventory(calib).total_bytes_fp16, data)
 
 
-def load_case(model: str, component: str, calib_rows: str, test_rows: str, batch_size: int) -> PeerCase:
+def load_case(model: str, component: str, calib_rows: str, test_rows: str, batch_size: int,
+              calib_calls: int | None = None) -> PeerCase:
     """The case for `--model`. COCO rows for MiniLM and tiny-sdxl; tiny-t2i's prompts are its own domain's, so its
     calibration and test rows index its built-in held-out prompts (`anna.adapters.builtin_prompts`, 200 captions it
     was never trained on: `anna run` calibrates on the first ones) and the two ranges must not overlap."""
@@ -183,7 +196,7 @@ def load_case(model: str, component: str, calib_rows: str, test_rows: str, batch
         calib = load_prompts(f"{COCO}:{calib_rows}")
         test = load_prompts(f"{COCO}:{test_rows}")
         return pipeline_case(model, component, calib, test, batch_size,
-                             {"prompts": "COCO", "calib_rows": calib_rows, "test_rows": test_rows})
+                             {"prompts": "COCO", "calib_rows": calib_rows, "test_rows": test_rows}, calib_calls)
     if model == "tiny-t2i":
         own = builtin_prompts(model)
         (c0, c1), (t0, t1) = _span(calib_rows), _span(test_rows)
@@ -191,7 +204,7 @@ def load_case(model: str, component: str, calib_rows: str, test_rows: str, batch
             raise SystemExit(f"tiny-t2i: rows must lie within 1-{len(own)} and not overlap ({calib_rows}, {test_rows})")
         return pipeline_case(model, component, own[c0 - 1 : c1], own[t0 - 1 : t1], batch_size,
                              {"prompts": "tiny-t2i built-in held-out captions", "calib_rows": calib_rows,
-                              "test_rows": test_rows})
+                              "test_rows": test_rows}, calib_calls)
     raise SystemExit(f"unknown model {model}: one of {', '.join(MODELS)}")
 
 

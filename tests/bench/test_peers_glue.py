@@ -13,6 +13,7 @@ from peers_models import (
     decoder_forward,
     decoder_rows,
     record_calls,
+    rotate_calls,
     stack,
     unet_forward,
     unet_rows,
@@ -94,3 +95,12 @@ def test_recorded_rows_reproduce_the_pipeline_calls(tiny):
         want = torch.cat([dec(*a, **k) for a, k in calls])
         got = decoder_forward(dec, stack(rows, 2)[0])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rotate_calls_keeps_every_step_equally():
+    calls = [(p, j) for p in range(8) for j in range(4)]  # 8 prompts x 4 steps, in pipeline order
+    one = rotate_calls(calls, 4, 1)
+    assert one == [(p, p % 4) for p in range(8)]
+    two = rotate_calls(calls, 4, 2)
+    assert len(two) == 16 and sorted(j for _, j in two) == sorted(list(range(4)) * 4)
+    assert rotate_calls(calls, 4, None) == calls == rotate_calls(calls, 4, 4)
