@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from peers_models import MODELS, PeerBytes, initial_bits, load_case
+from peers_models import MODELS, PeerBytes, anna_assignment, initial_bits, load_case
 from torch import nn
 
 from anna.analyze.quantizer import UnitQuantizer
@@ -102,7 +102,10 @@ def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | 
             "total_seconds": sum(times.values())}
 
 
-def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path) -> dict:
+def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path, in_anna: bool = False) -> dict:
+    """auto_quantize at each budget and FP8_DEFAULT_CFG. With `in_anna`, each peer plan is also applied with anna's
+    quantizer (`anna_assignment`: anna's options and calibration, the same bytes) and measured on the held-out inputs:
+    that separates the plan (which units stay FP16) from how each unit is quantized."""
     warnings.filterwarnings("ignore")
     import modelopt.torch.quantization as mtq
 
@@ -137,6 +140,10 @@ def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path) -> dict:
         got = scores(ref, embed(heldout, module))
         rows.append({"budget": ratio, "bytes": accounting.of(fp8), "size_ratio": accounting.of(fp8) / total_fp16,
                      "effective_bits": bits, "fp16_linears": len(accounting.numel) - len(fp8), **got})
+        if in_anna:
+            quantizer = UnitQuantizer(heldout.component(), load_stats(out / "anna"))
+            with quantizer(anna_assignment(heldout.component(), fp8)):
+                rows[-1]["in_anna"] = scores(ref, embed(heldout, heldout.component()))
     module = copy.deepcopy(base)
     t0 = time.perf_counter()
     module = mtq.quantize(module, mtq.FP8_DEFAULT_CFG, forward_loop=lambda m: [calib.forward(m, b) for b in
@@ -158,6 +165,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="component inputs per batch (tiny-sdxl, tiny-t2i)")
     ap.add_argument("--calib-calls", type=int, default=None,
                     help="component calls kept per calibration prompt, rotating over the steps (default: all)")
+    ap.add_argument("--peer-in-anna", action=argparse.BooleanOptionalAction, default=None,
+                    help="also measure each peer plan quantized by anna (default: on, except for minilm)")
     ap.add_argument("--bag", default=None, help="anna's options, comma-separated (default: the registry's bag)")
     args = ap.parse_args()
     t2i = args.model == "tiny-t2i"
@@ -174,7 +183,8 @@ def main() -> None:
         result["data"] = case.data
     anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None)
     try:
-        peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out)
+        in_anna = args.model != "minilm" if args.peer_in_anna is None else args.peer_in_anna
+        peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out, in_anna)
     except ImportError as e:
         result.update(anna=anna, peer_error=f"ModelOpt unavailable: {e} (pip install -e '.[peers]')")
         print(json.dumps(result))
@@ -185,6 +195,11 @@ def main() -> None:
     for a, p, r in zip(anna["rows"], peer["rows"], ratios, strict=True):
         print(f"{a['budget']:>8.4f} {a['size_ratio']:>9.4f} {a['sqnr_db']:>9.2f} {a['mse']:>10.3e} "
               f"{p['size_ratio']:>9.4f} {p['sqnr_db']:>9.2f} {p['mse']:>10.3e} {r:>6.3f}")
+    if "in_anna" in peer["rows"][0]:
+        rerun = [p["in_anna"] for p in peer["rows"]]
+        print("the peer's plans quantized by anna (anna's options and calibration, same bytes): SQNR "
+              + ", ".join(f"{q['sqnr_db']:.2f}" for q in rerun) + " dB; anna's MSE over theirs "
+              + ", ".join(f"{a['mse'] / q['mse']:.3f}" for a, q in zip(anna["rows"], rerun, strict=True)))
     d = peer["fp8_default_cfg"]
     print(f"ModelOpt FP8_DEFAULT_CFG: size {d['size_ratio']:.4f}, SQNR {d['sqnr_db']:.2f} dB, MSE {d['mse']:.3e}")
     print(f"time: anna {anna['total_seconds']:.1f} s {anna['seconds']}, auto_quantize {peer['seconds']:.1f} s")
