@@ -30,6 +30,7 @@ import math
 import shutil
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -142,8 +143,10 @@ def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path, in_anna: b
                      "effective_bits": bits, "fp16_linears": len(accounting.numel) - len(fp8), **got})
         if in_anna:
             quantizer = UnitQuantizer(heldout.component(), load_stats(out / "anna"))
-            with quantizer(anna_assignment(heldout.component(), fp8)):
+            plan = anna_assignment(heldout.component(), fp8)
+            with quantizer(plan):
                 rows[-1]["in_anna"] = scores(ref, embed(heldout, heldout.component()))
+            rows[-1]["in_anna"]["options"] = dict(Counter(plan.values()).most_common())
     module = copy.deepcopy(base)
     t0 = time.perf_counter()
     module = mtq.quantize(module, mtq.FP8_DEFAULT_CFG, forward_loop=lambda m: [calib.forward(m, b) for b in
