@@ -147,6 +147,7 @@ def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path, in_anna: b
             with quantizer(plan):
                 rows[-1]["in_anna"] = scores(ref, embed(heldout, heldout.component()))
             rows[-1]["in_anna"]["options"] = dict(Counter(plan.values()).most_common())
+            (out / f"peer_plan_{len(rows)}.json").write_text(json.dumps({"budget": ratio, "units": plan}, indent=1))
     module = copy.deepcopy(base)
     t0 = time.perf_counter()
     module = mtq.quantize(module, mtq.FP8_DEFAULT_CFG, forward_loop=lambda m: [calib.forward(m, b) for b in
