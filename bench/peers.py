@@ -105,8 +105,9 @@ def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | 
 
 def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path, in_anna: bool = False) -> dict:
     """auto_quantize at each budget and FP8_DEFAULT_CFG. With `in_anna`, each peer plan is also applied with anna's
-    quantizer (`anna_assignment`: anna's options and calibration, the same bytes) and measured on the held-out inputs:
-    that separates the plan (which units stay FP16) from how each unit is quantized."""
+    quantizer (`anna_assignment`: anna's options and calibration, the same bytes; written to OUT/peer_plan_N.json)
+    and measured on the held-out inputs: that separates the plan (which units stay FP16) from how units are
+    quantized."""
     warnings.filterwarnings("ignore")
     import modelopt.torch.quantization as mtq
 
