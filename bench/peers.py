@@ -40,6 +40,7 @@ from torch import nn
 from anna.analyze.quantizer import UnitQuantizer
 from anna.analyze.stage import analyze, load_analysis
 from anna.calibrate import calibrate, load_stats
+from anna.options.registry import FP16
 from anna.search import search
 
 OFFSETS = (0.0, 0.01, 0.02, 0.05, 0.10)
@@ -74,7 +75,17 @@ def peer_fp8_linears(state: dict) -> set[str]:
     return out
 
 
-def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | None = None) -> dict:
+def predicted_mse(analysis, plan: dict[str, str]) -> float | None:
+    """anna's error-model prediction for a plan (None when the plan uses an option outside the analysed bag)."""
+    em = analysis.error_model
+    options = [plan.get(u, FP16) for u in em.units]
+    if any(o not in em.options for o in options):
+        return None
+    return float(em.predict([em.options.index(o) for o in options]))
+
+
+def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | None = None,
+             predicted: bool = False) -> dict:
     run_dir = out / "anna"
     shutil.rmtree(run_dir, ignore_errors=True)
     times = {}
@@ -99,6 +110,8 @@ def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | 
             got = scores(ref, embed(heldout, heldout.component()))
         rows.append({"budget": p["budget"], "bytes": p["bytes"], "size_ratio": p["size_ratio"],
                      "fp16_units": p["fp16_units"], "source": plan.get("source"), **got})
+        if predicted:
+            rows[-1]["predicted_mse"] = predicted_mse(analysis, plan["units"])
     return {"smallest_ratio": smallest, "ratios": ratios, "seconds": times, "rows": rows,
             "total_seconds": sum(times.values())}
 
@@ -148,6 +161,7 @@ def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path, in_anna: b
             with quantizer(plan):
                 rows[-1]["in_anna"] = scores(ref, embed(heldout, heldout.component()))
             rows[-1]["in_anna"]["options"] = dict(Counter(plan.values()).most_common())
+            rows[-1]["in_anna"]["predicted_mse"] = predicted_mse(load_analysis(out / "anna"), plan)
             (out / f"peer_plan_{len(rows)}.json").write_text(json.dumps({"budget": ratio, "units": plan}, indent=1))
     module = copy.deepcopy(base)
     t0 = time.perf_counter()
@@ -186,9 +200,9 @@ def main() -> None:
                     "error_model": args.error_model, "bag": args.bag}
     if args.model != "minilm":
         result["data"] = case.data
-    anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None)
+    in_anna = args.model != "minilm" if args.peer_in_anna is None else args.peer_in_anna
+    anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None, in_anna)
     try:
-        in_anna = args.model != "minilm" if args.peer_in_anna is None else args.peer_in_anna
         peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out, in_anna)
     except ImportError as e:
         result.update(anna=anna, peer_error=f"ModelOpt unavailable: {e} (pip install -e '.[peers]')")
@@ -205,6 +219,9 @@ def main() -> None:
         print("the peer's plans quantized by anna (anna's options and calibration, same bytes): SQNR "
               + ", ".join(f"{q['sqnr_db']:.2f}" for q in rerun) + " dB; anna's MSE over theirs "
               + ", ".join(f"{a['mse'] / q['mse']:.3f}" for a, q in zip(anna["rows"], rerun, strict=True)))
+        print("anna's predicted MSE, its plan / the peer's plan: " + ", ".join(
+            f"{a['predicted_mse']:.3e} / " + ("n/a" if q["predicted_mse"] is None else f"{q['predicted_mse']:.3e}")
+            for a, q in zip(anna["rows"], rerun, strict=True)))
     d = peer["fp8_default_cfg"]
     print(f"ModelOpt FP8_DEFAULT_CFG: size {d['size_ratio']:.4f}, SQNR {d['sqnr_db']:.2f} dB, MSE {d['mse']:.3e}")
     print(f"time: anna {anna['total_seconds']:.1f} s {anna['seconds']}, auto_quantize {peer['seconds']:.1f} s")
