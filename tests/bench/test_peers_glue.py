@@ -104,3 +104,20 @@ def test_rotate_calls_keeps_every_step_equally():
     two = rotate_calls(calls, 4, 2)
     assert len(two) == 16 and sorted(j for _, j in two) == sorted(list(range(4)) * 4)
     assert rotate_calls(calls, 4, None) == calls == rotate_calls(calls, 4, 4)
+
+
+def test_minilm_peer_bytes_are_anna_bytes():
+    """MiniLM (BertAttention: query/key/value/output.dense) maps onto anna's units the same way; no Conv2d there."""
+    from anna.adapters import minilm
+
+    model = minilm.load(["a dog runs"])
+    module = model.component()
+    inv = build_inventory(model)
+    peer = PeerBytes(module, inv.total_bytes_fp16)
+    layers = _layers(module)
+    assert len(layers) == 6 * 6 + 1  # per layer: 4 attention projections, intermediate and output; the pooler
+    rng = random.Random(1)
+    for _ in range(10):
+        fp8 = {n for n in layers if rng.random() < 0.7}
+        assert peer.of(fp8) == _anna_bytes(inv, module, anna_assignment(module, fp8)) == inv.plan_bytes(
+            anna_assignment(module, fp8))
