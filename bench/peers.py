@@ -1,16 +1,24 @@
-"""anna against NVIDIA ModelOpt on the real MiniLM encoder, at equal size in anna's byte accounting.
+"""anna against NVIDIA ModelOpt at equal size in anna's byte accounting, on MiniLM, tiny-sdxl's UNet or tiny-t2i.
 
-Calibration on COCO rows 1-200; every figure is measured on held-out rows 4001-4500 (sentence-embedding MSE and SQNR
-against FP32). At the budgets S, S+0.01, S+0.02, S+0.05 and S+0.10 (S: anna's smallest feasible ratio) it compares
-anna's plan (calibrate + analyze + search) with `mtq.auto_quantize` (FP8 E4M3 with per-channel weights and per-tensor
-activations, or unquantized, per Linear; gradient score with a loss `<r, f(x)>`, r Gaussian, whose Fisher is J^T J,
-the embedding MSE's), constrained to the same bytes, and with ModelOpt's `FP8_DEFAULT_CFG` (all Linears FP8).
-Timing: anna's calibrate + analyze + search wall time against the peer's calibrate + score + solve for the same
-budgets, in the same run. The last line is a JSON object (`worst_mse_ratio_vs_auto_quantize`,
+`--model minilm` (default): the real MiniLM encoder, calibration on COCO rows 1-200, every figure measured on held-out
+rows 4001-4500 (sentence-embedding MSE and SQNR against FP32). `--model tiny-sdxl` (random SDXL-architecture weights)
+and `--model tiny-t2i` (trained, shipped), `--component unet|vae_decoder`: the component's inputs recorded from the
+pipeline on the calibration and on the held-out prompts (COCO rows for tiny-sdxl; tiny-t2i's own held-out domain
+captions, by index, for tiny-t2i), the component's output MSE/SQNR on the held-out inputs (see bench/peers_models.py,
+which also says how the peer's per-Linear/per-Conv2d choices map onto anna's units and bytes).
+
+At the budgets S, S+0.01, S+0.02, S+0.05 and S+0.10 (S: anna's smallest feasible ratio) it compares anna's plan
+(calibrate + analyze + search) with `mtq.auto_quantize` (FP8 E4M3 with per-channel weights and per-tensor
+activations, or unquantized, per Linear and per Conv2d; gradient score with a loss `<r, f(x)>`, r Gaussian, whose
+Fisher is J^T J, the output MSE's), constrained to the same bytes, and with ModelOpt's `FP8_DEFAULT_CFG` (all Linears
+and Conv2ds FP8). Timing: anna's calibrate + analyze + search wall time against the peer's calibrate + score + solve
+for the same budgets, in the same run. The last line is a JSON object (`worst_mse_ratio_vs_auto_quantize`,
 `time_ratio_vs_auto_quantize`, per-budget rows).
 
     pip install -e ".[peers]"   # nvidia-modelopt
     OMP_NUM_THREADS=1 python bench/peers.py [--error-model linear|exact] [--out /tmp/anna-bench-peers]
+    OMP_NUM_THREADS=1 python bench/peers.py --model tiny-sdxl --calib 1-200 --test 4001-4050 --out /tmp/peers-sdxl
+    OMP_NUM_THREADS=1 python bench/peers.py --model tiny-t2i --component vae_decoder --calib 1-100 --test 101-200
 """
 
 from __future__ import annotations
@@ -22,21 +30,19 @@ import math
 import shutil
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
+from peers_models import MODELS, PeerBytes, anna_assignment, initial_bits, load_case
 from torch import nn
 
-from anna.adapters import minilm
 from anna.analyze.quantizer import UnitQuantizer
 from anna.analyze.stage import analyze, load_analysis
 from anna.calibrate import calibrate, load_stats
-from anna.inventory import build_inventory
-from anna.options.registry import quant_option
-from anna.prompts import load_prompts
+from anna.options.registry import FP16
 from anna.search import search
 
-COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco2014_val_captions.tsv"
 OFFSETS = (0.0, 0.01, 0.02, 0.05, 0.10)
 # FP8 E4M3, weights per output channel, activations per tensor: the format anna's fp8 options store.
 FP8_PER_CHANNEL = {
@@ -60,26 +66,8 @@ def scores(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     return {"mse": mse, "sqnr_db": 10 * math.log10(signal / mse) if mse > 0 else math.inf}
 
 
-class PeerBytes:
-    """anna's byte accounting of a per-Linear FP8/FP16 choice: FP16 everywhere, minus, for every FP8 Linear, its
-    weight's second byte less one FP32 scale per output channel and one per input activation (anna's FP8 storage)."""
-
-    def __init__(self, module: nn.Module, total_fp16: int) -> None:
-        st = quant_option("fp8-absmax").storage
-        self.total = total_fp16
-        self.saving = {
-            name: m.weight.numel() * (2 - st.weight_bytes) - st.channel_bytes * m.weight.shape[0] - st.activation_bytes
-            for name, m in module.named_modules()
-            if isinstance(m, nn.Linear)
-        }
-        self.numel = {name: m.weight.numel() for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-
-    def of(self, fp8: set[str]) -> int:
-        return self.total - sum(self.saving[n] for n in fp8)
-
-
 def peer_fp8_linears(state: dict) -> set[str]:
-    """The Linears that auto_quantize's best recipe quantizes."""
+    """The Linears and Conv2ds that auto_quantize's best recipe quantizes."""
     out = set()
     for key, recipe in state["best"]["recipe"].items():
         if not str(recipe).startswith("NONE"):
@@ -87,7 +75,17 @@ def peer_fp8_linears(state: dict) -> set[str]:
     return out
 
 
-def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | None = None) -> dict:
+def predicted_mse(analysis, plan: dict[str, str]) -> float | None:
+    """anna's error-model prediction for a plan (None when the plan uses an option outside the analysed bag)."""
+    em = analysis.error_model
+    options = [plan.get(u, FP16) for u in em.units]
+    if any(o not in em.options for o in options):
+        return None
+    return float(em.predict([em.options.index(o) for o in options]))
+
+
+def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | None = None,
+             predicted: bool = False) -> dict:
     run_dir = out / "anna"
     shutil.rmtree(run_dir, ignore_errors=True)
     times = {}
@@ -112,17 +110,22 @@ def run_anna(calib, heldout, ref, out: Path, error_model: str, bag: list[str] | 
             got = scores(ref, embed(heldout, heldout.component()))
         rows.append({"budget": p["budget"], "bytes": p["bytes"], "size_ratio": p["size_ratio"],
                      "fp16_units": p["fp16_units"], "source": plan.get("source"), **got})
+        if predicted:
+            rows[-1]["predicted_mse"] = predicted_mse(analysis, plan["units"])
     return {"smallest_ratio": smallest, "ratios": ratios, "seconds": times, "rows": rows,
             "total_seconds": sum(times.values())}
 
 
-def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path) -> dict:
+def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path, in_anna: bool = False) -> dict:
+    """auto_quantize at each budget and FP8_DEFAULT_CFG. With `in_anna`, each peer plan is also applied with anna's
+    quantizer (`anna_assignment`: anna's options and calibration, the same bytes; written to OUT/peer_plan_N.json)
+    and measured on the held-out inputs: that separates the plan (which units stay FP16) from how units are
+    quantized."""
     warnings.filterwarnings("ignore")
     import modelopt.torch.quantization as mtq
 
     base = calib.component()
     accounting = PeerBytes(base, total_fp16)
-    n_total = sum(accounting.numel.values())
     gen = torch.Generator().manual_seed(0)
 
     def loss(output: torch.Tensor, _batch) -> torch.Tensor:
@@ -133,9 +136,7 @@ def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path) -> dict:
     rows, seconds = [], 0.0
     for ratio in ratios:
         budget = int(math.floor(ratio * total_fp16))
-        needed = total_fp16 - budget  # bytes that FP8 Linears must save
-        avg = sum(accounting.saving.values()) / n_total  # saving per weight element
-        bits = 16 * (1 - needed / avg / (2 * n_total))
+        bits = initial_bits(accounting, total_fp16, budget)
         for _attempt in range(40):
             bits = max(8.0, min(16.0, bits))
             module = copy.deepcopy(base)
@@ -154,6 +155,14 @@ def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path) -> dict:
         got = scores(ref, embed(heldout, module))
         rows.append({"budget": ratio, "bytes": accounting.of(fp8), "size_ratio": accounting.of(fp8) / total_fp16,
                      "effective_bits": bits, "fp16_linears": len(accounting.numel) - len(fp8), **got})
+        if in_anna:
+            quantizer = UnitQuantizer(heldout.component(), load_stats(out / "anna"))
+            plan = anna_assignment(heldout.component(), fp8)
+            with quantizer(plan):
+                rows[-1]["in_anna"] = scores(ref, embed(heldout, heldout.component()))
+            rows[-1]["in_anna"]["options"] = dict(Counter(plan.values()).most_common())
+            rows[-1]["in_anna"]["predicted_mse"] = predicted_mse(load_analysis(out / "anna"), plan)
+            (out / f"peer_plan_{len(rows)}.json").write_text(json.dumps({"budget": ratio, "units": plan}, indent=1))
     module = copy.deepcopy(base)
     t0 = time.perf_counter()
     module = mtq.quantize(module, mtq.FP8_DEFAULT_CFG, forward_loop=lambda m: [calib.forward(m, b) for b in
@@ -168,21 +177,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/anna-bench-peers")
     ap.add_argument("--error-model", default="linear", choices=["linear", "exact"])
-    ap.add_argument("--calib", default="1-200")
-    ap.add_argument("--test", default="4001-4500")
+    ap.add_argument("--model", default="minilm", choices=MODELS)
+    ap.add_argument("--component", default="unet", choices=["unet", "vae_decoder"], help="tiny-sdxl/tiny-t2i only")
+    ap.add_argument("--calib", default=None, help="calibration rows (default: 1-200; tiny-t2i 1-100)")
+    ap.add_argument("--test", default=None, help="held-out rows (default: 4001-4500; tiny-t2i 101-200)")
+    ap.add_argument("--batch-size", type=int, default=64, help="component inputs per batch (tiny-sdxl, tiny-t2i)")
+    ap.add_argument("--calib-calls", type=int, default=None,
+                    help="component calls kept per calibration prompt, rotating over the steps (default: all)")
+    ap.add_argument("--peer-in-anna", action=argparse.BooleanOptionalAction, default=None,
+                    help="also measure each peer plan quantized by anna (default: on, except for minilm)")
     ap.add_argument("--bag", default=None, help="anna's options, comma-separated (default: the registry's bag)")
     args = ap.parse_args()
+    t2i = args.model == "tiny-t2i"
+    calib_rows = args.calib or ("1-100" if t2i else "1-200")
+    test_rows = args.test or ("101-200" if t2i else "4001-4500")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    calib = minilm.load(load_prompts(f"{COCO}:{args.calib}"))
-    heldout = minilm.load(load_prompts(f"{COCO}:{args.test}"))
+    case = load_case(args.model, args.component, calib_rows, test_rows, args.batch_size, args.calib_calls)
+    calib, heldout, total_fp16 = case.calib, case.heldout, case.total_fp16
     ref = embed(heldout, heldout.component())
-    total_fp16 = build_inventory(calib).total_bytes_fp16
-    result: dict = {"model": calib.name, "calib_rows": args.calib, "test_rows": args.test,
+    result: dict = {"model": case.name, "calib_rows": calib_rows, "test_rows": test_rows,
                     "error_model": args.error_model, "bag": args.bag}
-    anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None)
+    if args.model != "minilm":
+        result["data"] = case.data
+    in_anna = args.model != "minilm" if args.peer_in_anna is None else args.peer_in_anna
+    anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None, in_anna)
     try:
-        peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out)
+        peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out, in_anna)
     except ImportError as e:
         result.update(anna=anna, peer_error=f"ModelOpt unavailable: {e} (pip install -e '.[peers]')")
         print(json.dumps(result))
@@ -193,6 +214,14 @@ def main() -> None:
     for a, p, r in zip(anna["rows"], peer["rows"], ratios, strict=True):
         print(f"{a['budget']:>8.4f} {a['size_ratio']:>9.4f} {a['sqnr_db']:>9.2f} {a['mse']:>10.3e} "
               f"{p['size_ratio']:>9.4f} {p['sqnr_db']:>9.2f} {p['mse']:>10.3e} {r:>6.3f}")
+    if "in_anna" in peer["rows"][0]:
+        rerun = [p["in_anna"] for p in peer["rows"]]
+        print("the peer's plans quantized by anna (anna's options and calibration, same bytes): SQNR "
+              + ", ".join(f"{q['sqnr_db']:.2f}" for q in rerun) + " dB; anna's MSE over theirs "
+              + ", ".join(f"{a['mse'] / q['mse']:.3f}" for a, q in zip(anna["rows"], rerun, strict=True)))
+        print("anna's predicted MSE, its plan / the peer's plan: " + ", ".join(
+            f"{a['predicted_mse']:.3e} / " + ("n/a" if q["predicted_mse"] is None else f"{q['predicted_mse']:.3e}")
+            for a, q in zip(anna["rows"], rerun, strict=True)))
     d = peer["fp8_default_cfg"]
     print(f"ModelOpt FP8_DEFAULT_CFG: size {d['size_ratio']:.4f}, SQNR {d['sqnr_db']:.2f} dB, MSE {d['mse']:.3e}")
     print(f"time: anna {anna['total_seconds']:.1f} s {anna['seconds']}, auto_quantize {peer['seconds']:.1f} s")
