@@ -163,3 +163,18 @@ def test_same_trials_are_copied_not_run():
                             on_pass=lambda kind: local.append(kind) if kind == "local" else None, same_as=same)
     assert len(local) == len(units) * len(samples)
     assert np.array_equal(em.diag[:, 2], em.diag[:, 1]) and np.array_equal(em.fisher[:, 2], em.fisher[:, 1])
+
+
+def test_linear_model_on_a_vae_decoder(tmp_path, coco_tsv):
+    """A conv decoder's backward has an op without a batching rule: the per-probe fallback gives the model."""
+    from anna.adapters import load_model
+    from anna.analyze.stage import analyze, load_analysis
+    from anna.calibrate import calibrate
+    from anna.prompts import load_prompts
+
+    model = load_model("tiny-sdxl")
+    calibrate(model, tmp_path, component="vae_decoder", prompts=load_prompts(f"{coco_tsv}:1-1"), cache_samples=1,
+              progress=False, log=None)
+    analyze(tmp_path, model=model, validate=0, progress=False, echo=None)
+    em = load_analysis(tmp_path).error_model
+    assert len(em.units) > 20 and np.all(np.isfinite(em.diag)) and np.all(em.diag[:, 1:] > 0)
