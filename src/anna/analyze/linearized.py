@@ -158,21 +158,17 @@ def _record(grad_run: Runner, sample: Any, units: Sequence[str], component: nn.M
     return rec, y.numel()
 
 
-def _deltas(module: nn.Module, unit: str, rec: _Recorded, on_pass: Callable[[str], None] | None) -> list[Tensor]:
-    """The quantized unit's output deltas on one sample's recorded inputs, per call, as (rows, elements)."""
-    out = []
-    for (args, kwargs), ref in zip(rec.inputs[unit], rec.refs[unit], strict=True):
-        out.append(_per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rec.rows))
-        if on_pass:
-            on_pass("local")
-    return out
-
-
-def _score(unit: str, rec: _Recorded, deltas: Sequence[Tensor]) -> tuple[np.ndarray, float, float]:
-    """One sample's deltas of a unit: (projections (probes * rows,), Fisher sum, sum of squared deltas)."""
+def _project(module: nn.Module, unit: str, rec: _Recorded, on_pass: Callable[[str], None] | None
+             ) -> tuple[np.ndarray, float, float]:
+    """Run the quantized unit on one sample's recorded inputs: (projections (probes * rows,), Fisher sum, sum of
+    squared deltas)."""
     s = torch.zeros(rec.probes, rec.rows, dtype=torch.float64)
     f_sum, sq = 0.0, 0.0
-    for d, g, g2 in zip(deltas, rec.grads[unit], rec.grads_sq[unit], strict=True):
+    for (args, kwargs), ref, g, g2 in zip(rec.inputs[unit], rec.refs[unit], rec.grads[unit], rec.grads_sq[unit],
+                                          strict=True):
+        d = _per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rec.rows)
+        if on_pass:
+            on_pass("local")
         s += torch.einsum("kre,re->kr", g, d).double()
         f_sum += float((g2 * d.pow(2)).sum())
         sq += float(d.pow(2).sum())
@@ -221,26 +217,24 @@ def build_linear_model(
     k_here = max(probes, -(-min_projections // total_rows))
     prune_cols = PRUNE_PROJECTIONS if sizes is not None else None  # projections before pruning, then None
     bar = tqdm(total=len(samples) * n, desc="analyze (linear)", unit="unit", disable=not progress)
-
     same_as = same_as or {}
+
+    def store(b: np.ndarray, i: int, j: int, scored: tuple[np.ndarray, float, float]) -> None:
+        vec, f_sum, sq = scored
+        finite = np.isfinite(sq) and np.all(np.isfinite(vec))
+        b[i, j] = vec if finite else np.nan
+        fisher[i, j] += f_sum if finite else 0.0
 
     def run_unit(i: int, group: list[_Recorded], part: range, block: list[np.ndarray]) -> None:
         for j in range(1, m):
             if alive[i, j] and (i, j) not in same_as:
                 with quantizer.unit_quantized(units[i], options[j]) as module, torch.inference_mode():
                     for q in part:
-                        _store(block[q], i, j, _score(units[i], group[q], _deltas(module, units[i], group[q],
-                                                                                   on_pass)))
+                        store(block[q], i, j, _project(module, units[i], group[q], on_pass))
         for (i0, j), j0 in same_as.items():
             if i0 == i and alive[i, j]:
                 for q in part:
                     block[q][i, j] = block[q][i, j0]
-
-    def _store(b: np.ndarray, i: int, j: int, scored: tuple[np.ndarray, float, float]) -> None:
-        vec, f_sum, sq = scored
-        finite = np.isfinite(sq) and np.all(np.isfinite(vec))
-        b[i, j] = vec if finite else np.nan
-        fisher[i, j] += f_sum if finite else 0.0
 
     def run_group(group: list[_Recorded]) -> None:
         nonlocal prune_cols
