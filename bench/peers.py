@@ -173,6 +173,25 @@ def run_peer(calib, heldout, ref, ratios, total_fp16: int, out: Path, in_anna: b
     return {"rows": rows, "seconds": seconds, "fp8_default_cfg": default}
 
 
+def reused_peer(earlier: Path, result: dict, ratios: list[float], out: Path) -> dict:
+    """The peer's figures of an earlier run (EARLIER/result.json) of the same case and budgets; the peer plans'
+    predictions are redone with this run's analysis (the plans are EARLIER/peer_plan_N.json)."""
+    old = json.loads((earlier / "result.json").read_text())
+    for key in ("model", "calib_rows", "test_rows", "data"):
+        if old.get(key) != result.get(key):
+            raise SystemExit(f"--peer-from {earlier}: another {key} ({old.get(key)} != {result.get(key)})")
+    if old["anna"]["ratios"] != ratios:
+        raise SystemExit(f"--peer-from {earlier}: other budgets ({old['anna']['ratios']} != {ratios})")
+    peer = old["peer"]
+    analysis = load_analysis(out / "anna")
+    for n, row in enumerate(peer["rows"], 1):
+        if "in_anna" in row:
+            plan = json.loads((earlier / f"peer_plan_{n}.json").read_text())["units"]
+            row["in_anna"]["predicted_mse"] = predicted_mse(analysis, plan)
+    result["peer_from"] = str(earlier)
+    return peer
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/anna-bench-peers")
@@ -187,6 +206,9 @@ def main() -> None:
     ap.add_argument("--peer-in-anna", action=argparse.BooleanOptionalAction, default=None,
                     help="also measure each peer plan quantized by anna (default: on, except for minilm)")
     ap.add_argument("--bag", default=None, help="anna's options, comma-separated (default: the registry's bag)")
+    ap.add_argument("--peer-from", default=None, metavar="OUT",
+                    help="reuse the peer's figures of an earlier run's OUT folder (its result.json and peer plans) on "
+                         "the same model, rows and budgets, instead of running ModelOpt again (bag experiments)")
     args = ap.parse_args()
     t2i = args.model == "tiny-t2i"
     calib_rows = args.calib or ("1-100" if t2i else "1-200")
@@ -203,7 +225,10 @@ def main() -> None:
     in_anna = args.model != "minilm" if args.peer_in_anna is None else args.peer_in_anna
     anna = run_anna(calib, heldout, ref, out, args.error_model, args.bag.split(",") if args.bag else None, in_anna)
     try:
-        peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out, in_anna)
+        if args.peer_from:
+            peer = reused_peer(Path(args.peer_from), result, anna["ratios"], out)
+        else:
+            peer = run_peer(calib, heldout, ref, anna["ratios"], total_fp16, out, in_anna)
     except ImportError as e:
         result.update(anna=anna, peer_error=f"ModelOpt unavailable: {e} (pip install -e '.[peers]')")
         print(json.dumps(result))
@@ -231,6 +256,7 @@ def main() -> None:
         worst_mse_ratio_vs_auto_quantize=max(ratios),
         time_ratio_vs_auto_quantize=anna["total_seconds"] / peer["seconds"],
     )
+    (out / "result.json").write_text(json.dumps(result))
     print(json.dumps(result))
 
 
