@@ -1,0 +1,49 @@
+"""Shared outputs of quantized wrappers across analysis trials.
+
+The options of an attention unit that differ only in which projections stay FP16 quantize the other projections
+identically: a trial of `fp8-absmax-fp16math-fp16k` computes the same FP8 query projection, on the same recorded input,
+as the trial of `fp8-absmax-fp16math` before it. An `OutputMemo` lets a wrapper return the output it computed in an
+earlier trial: the key is the wrapper's stored tensors (a digest of their bytes, dtypes and shapes: the output is a pure
+function of them and the input) and the input tensor object itself, kept alive by the memo so that its id is never
+reused. A memo lives for one unit's trials on one group of samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def tensors_digest(tensors: Iterable[tuple[str, Tensor]], *extra: object) -> str:
+    """A digest of named tensors (names, dtypes, shapes and bytes) and of `extra` settings."""
+    h = hashlib.blake2b(repr(extra).encode(), digest_size=16)
+    for name, t in tensors:
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class OutputMemo:
+    """Outputs by (wrapper digest, input tensor); stores until `max_bytes` of outputs are held, then only looks up."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+        self.hits = 0
+        self._store: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+
+    def get(self, digest: str, x: Tensor) -> Tensor | None:
+        got = self._store.get((digest, id(x)))
+        if got is None or got[0] is not x:
+            return None
+        self.hits += 1
+        return got[1]
+
+    def put(self, digest: str, x: Tensor, out: Tensor) -> None:
+        size = out.numel() * out.element_size()
+        if self.held + size <= self.max_bytes:
+            self._store[(digest, id(x))] = (x, out)
+            self.held += size
