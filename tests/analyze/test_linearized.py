@@ -180,9 +180,11 @@ def test_linear_model_on_a_vae_decoder(tmp_path, coco_tsv):
     assert len(em.units) > 20 and np.all(np.isfinite(em.diag)) and np.all(em.diag[:, 1:] > 0)
 
 
-def test_attention_options_share_projection_outputs_and_change_nothing(monkeypatch):
+@pytest.mark.parametrize("spatial", [False, True])
+def test_attention_options_share_projection_outputs_and_change_nothing(monkeypatch, spatial):
     """The per-projection options of an attention unit reuse the FP8 projections that an earlier option computed on
-    the same input: the model is bit for bit the one without sharing, with fewer projection runs."""
+    the same input: the model is bit for bit the one without sharing, with fewer projection runs. A spatial (VAE)
+    attention rebuilds its projections' input (group norm, reshape) in each run: equal values match too."""
     from diffusers.models.attention_processor import Attention
 
     from anna.analyze.quantizer import UnitQuantizer
@@ -195,15 +197,16 @@ def test_attention_options_share_projection_outputs_and_change_nothing(monkeypat
     class Toy(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.attn = Attention(query_dim=32, heads=2, dim_head=16)
+            self.attn = Attention(query_dim=32, heads=2, dim_head=16, norm_num_groups=4 if spatial else None)
             self.head = nn.Linear(32, 8)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(x + self.attn(x))
+            h = x + self.attn(x)
+            return self.head(h.flatten(2).transpose(1, 2) if spatial else h)
 
     torch.manual_seed(0)
     model = Toy().eval()
-    samples = [torch.randn(4, 10, 32) for _ in range(3)]
+    samples = [torch.randn(*((4, 32, 2, 5) if spatial else (4, 10, 32))) for _ in range(3)]
     found = unit_modules(model)
     obs = UnitObservers([(n, k) for n, k, _ in found])
     with torch.no_grad(), observe(found, obs):

@@ -4,8 +4,8 @@ The options of an attention unit that differ only in which projections stay FP16
 identically: a trial of `fp8-absmax-fp16math-fp16k` computes the same FP8 query projection, on the same recorded input,
 as the trial of `fp8-absmax-fp16math` before it. An `OutputMemo` lets a wrapper return the output it computed in an
 earlier trial: the key is the wrapper's stored tensors (a digest of their bytes, dtypes and shapes: the output is a pure
-function of them and the input) and the input tensor object itself, kept alive by the memo so that its id is never
-reused. A memo lives for one unit's trials on one group of samples.
+function of them and the input) and the input (the tensor object itself, kept alive by the memo so that its id is
+never reused, or an equal tensor). A memo lives for one unit's trials on one group of samples.
 """
 
 from __future__ import annotations
@@ -27,18 +27,27 @@ def tensors_digest(tensors: Iterable[tuple[str, Tensor]], *extra: object) -> str
 
 
 class OutputMemo:
-    """Outputs by (wrapper digest, input tensor); stores until `max_bytes` of outputs are held, then only looks up."""
+    """Outputs by (wrapper digest, input); stores until `max_bytes` of outputs are held, then only looks up. An input
+    matches when it is the stored tensor itself, or equal to it in shape, dtype and every value (a unit may rebuild
+    its projections' input in each run: the reshaped, normed hidden states of a VAE attention)."""
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
         self.held = 0
         self.hits = 0
-        self._store: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self._store: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}  # (digest, id of x) -> (x, output)
+        self._by_value: dict[tuple, tuple[Tensor, Tensor]] = {}  # (digest, shape, dtype, sum of x) -> (x, output)
+
+    @staticmethod
+    def _value_key(digest: str, x: Tensor) -> tuple:
+        return digest, tuple(x.shape), x.dtype, x.device, float(x.sum())
 
     def get(self, digest: str, x: Tensor) -> Tensor | None:
         got = self._store.get((digest, id(x)))
         if got is None or got[0] is not x:
-            return None
+            got = self._by_value.get(self._value_key(digest, x))
+            if got is None or not torch.equal(got[0], x):
+                return None
         self.hits += 1
         return got[1]
 
@@ -46,4 +55,5 @@ class OutputMemo:
         size = out.numel() * out.element_size()
         if self.held + size <= self.max_bytes:
             self._store[(digest, id(x))] = (x, out)
+            self._by_value[self._value_key(digest, x)] = (x, out)
             self.held += size
