@@ -190,6 +190,7 @@ def test_attention_options_share_projection_outputs_and_change_nothing(monkeypat
     from anna.analyze.quantizer import UnitQuantizer
     from anna.calibrate.hooks import observe
     from anna.calibrate.observers import UnitObservers
+    from anna.options.memo import SharedLinear
     from anna.options.registry import TRANSFORMER_BAG
     from anna.options.wrappers import QuantLinear
     from anna.units import unit_modules
@@ -213,15 +214,18 @@ def test_attention_options_share_projection_outputs_and_change_nothing(monkeypat
         for s in samples:
             model(s)
     quantizer = UnitQuantizer(model, obs.compute())
-    runs = []
-    forward = QuantLinear._forward
+    runs, fp16_runs = [], []
+    forward, fp16_forward = QuantLinear._forward, nn.Linear.forward
     monkeypatch.setattr(QuantLinear, "_forward", lambda self, x: runs.append(1) or forward(self, x))
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: (type(self) is SharedLinear and fp16_runs.append(1))
+                        or fp16_forward(self, x))
     models = {}
     for memo_bytes in (0, 1 << 30):
         runs.clear()
+        fp16_runs.clear()
         models[memo_bytes] = build_linear_model(model, samples, ["attn", "head"], list(TRANSFORMER_BAG), quantizer,
                                                 model, probes=2, progress=False, memo_bytes=memo_bytes)
-        models[memo_bytes, "runs"] = len(runs)
+        models[memo_bytes, "runs"], models[memo_bytes, "fp16"] = len(runs), len(fp16_runs)
     assert np.array_equal(models[0].sketches, models[1 << 30].sketches)
     assert np.array_equal(models[0].diag, models[1 << 30].diag) and np.all(models[0].diag[0, 1:] > 0)
     # per sample, without sharing: fp8-absmax's 4 projections, then the fp16math options' 4+3+3+3+2+2+1, and the
@@ -229,3 +233,5 @@ def test_attention_options_share_projection_outputs_and_change_nothing(monkeypat
     # the unit's tap, anew in each run), q, k and v once, the out projection in each of the 4 options where it is FP8
     # (its input, the attention output, is new in each run), and the head once.
     assert models[0, "runs"] == 3 * (4 + 18 + 8) and models[1 << 30, "runs"] == 3 * (4 + 3 + 4 + 1)
+    # projections kept in FP16: k in 3 options, v in 4, o in 3; shared, k and v run once (o's input is new each time)
+    assert models[0, "fp16"] == 3 * (3 + 4 + 3) and models[1 << 30, "fp16"] == 3 * (1 + 1 + 3)

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def tensors_digest(tensors: Iterable[tuple[str, Tensor]], *extra: object) -> str:
@@ -57,3 +57,27 @@ class OutputMemo:
             self._store[(digest, id(x))] = (x, out)
             self._by_value[self._value_key(digest, x)] = (x, out)
             self.held += size
+
+
+class SharedLinear(nn.Linear):
+    """Stands in for a plain ``Linear`` of a trial unit (a projection kept in FP16): the same parameters, with its
+    outputs looked up in, and recorded to, a memo."""
+
+    memo: OutputMemo
+    digest: str
+
+    @classmethod
+    def of(cls, linear: nn.Linear, memo: OutputMemo) -> SharedLinear:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight, new.bias = linear.weight, linear.bias
+        new.memo, new.digest = memo, tensors_digest(linear.named_parameters(), "linear")
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.memo.get(self.digest, x)
+        if out is None:
+            out = super().forward(x)
+            self.memo.put(self.digest, x, out)
+        return out

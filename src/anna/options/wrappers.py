@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from anna.attention import set_tap
 from anna.errors import AnnaError
-from anna.options.memo import OutputMemo, tensors_digest
+from anna.options.memo import OutputMemo, SharedLinear, tensors_digest
 from anna.options.quant import fp8_linear, scaled_mm_available
 from anna.options.schemes import Scheme, TensorSpec
 from anna.units import ACTIVATIONS, quantized_weights
@@ -44,10 +44,14 @@ def cache_weights(module: nn.Module) -> nn.Module:
 
 def share_outputs(module: nn.Module, memo: OutputMemo) -> nn.Module:
     """Let every ``QuantLinear`` in ``module`` take its output from ``memo`` when a wrapper with the same stored
-    tensors already ran on the same input tensor, and record its outputs there (see ``anna.options.memo``)."""
-    for m in module.modules():
+    tensors already ran on an equal input, and record its outputs there (see ``anna.options.memo``); a plain
+    ``Linear`` inside it (a projection kept in FP16) is replaced by a ``SharedLinear``. For a trial's unit only (a
+    copy that is thrown away). Returns ``module``."""
+    for name, m in list(module.named_modules()):
         if isinstance(m, QuantLinear):
             m.memo = memo
+        elif type(m) is nn.Linear and name and not (m._forward_hooks or m._forward_pre_hooks):
+            _replace(module, name, SharedLinear.of(m, memo))
     return module
 
 
