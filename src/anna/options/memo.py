@@ -27,9 +27,9 @@ def tensors_digest(tensors: Iterable[tuple[str, Tensor]], *extra: object) -> str
 
 
 class OutputMemo:
-    """Outputs by (wrapper digest, input); stores until `max_bytes` of outputs are held, then only looks up. An input
-    matches when it is the stored tensor itself, or equal to it in shape, dtype and every value (a unit may rebuild
-    its projections' input in each run: the reshaped, normed hidden states of a VAE attention)."""
+    """Outputs by (wrapper digest, input); stores until `max_bytes` of inputs and outputs are held, then only looks
+    up. An input matches when it is the stored tensor itself, or equal to it in shape, dtype and every value (a unit
+    may rebuild its projections' input in each run: the reshaped, normed hidden states of a VAE attention)."""
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
@@ -52,7 +52,7 @@ class OutputMemo:
         return got[1]
 
     def put(self, digest: str, x: Tensor, out: Tensor) -> None:
-        size = out.numel() * out.element_size()
+        size = out.numel() * out.element_size() + x.numel() * x.element_size()  # x may be a fresh tensor: held here
         if self.held + size <= self.max_bytes:
             self._store[(digest, id(x))] = (x, out)
             self._by_value[self._value_key(digest, x)] = (x, out)
