@@ -32,7 +32,7 @@ class GridQuantizer:
         return clone
 
     @contextmanager
-    def unit_quantized(self, name: str, option: str):
+    def unit_quantized(self, name: str, option: str, memo=None):
         yield self.quantized_copy(name, option)
 
     def __call__(self, assignment):
@@ -178,3 +178,60 @@ def test_linear_model_on_a_vae_decoder(tmp_path, coco_tsv):
     analyze(tmp_path, model=model, validate=0, progress=False, echo=None)
     em = load_analysis(tmp_path).error_model
     assert len(em.units) > 20 and np.all(np.isfinite(em.diag)) and np.all(em.diag[:, 1:] > 0)
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_attention_options_share_projection_outputs_and_change_nothing(monkeypatch, spatial):
+    """The per-projection options of an attention unit reuse the FP8 projections that an earlier option computed on
+    the same input: the model is bit for bit the one without sharing, with fewer projection runs. A spatial (VAE)
+    attention rebuilds its projections' input (group norm, reshape) in each run: equal values match too."""
+    from diffusers.models.attention_processor import Attention
+
+    from anna.analyze.quantizer import UnitQuantizer
+    from anna.calibrate.hooks import observe
+    from anna.calibrate.observers import UnitObservers
+    from anna.options.memo import SharedLinear
+    from anna.options.registry import TRANSFORMER_BAG
+    from anna.options.wrappers import QuantLinear
+    from anna.units import unit_modules
+
+    class Toy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = Attention(query_dim=32, heads=2, dim_head=16, norm_num_groups=4 if spatial else None)
+            self.head = nn.Linear(32, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x + self.attn(x)
+            return self.head(h.flatten(2).transpose(1, 2) if spatial else h)
+
+    torch.manual_seed(0)
+    model = Toy().eval()
+    samples = [torch.randn(*((4, 32, 2, 5) if spatial else (4, 10, 32))) for _ in range(3)]
+    found = unit_modules(model)
+    obs = UnitObservers([(n, k) for n, k, _ in found])
+    with torch.no_grad(), observe(found, obs):
+        for s in samples:
+            model(s)
+    quantizer = UnitQuantizer(model, obs.compute())
+    runs, fp16_runs = [], []
+    forward, fp16_forward = QuantLinear._forward, nn.Linear.forward
+    monkeypatch.setattr(QuantLinear, "_forward", lambda self, x: runs.append(1) or forward(self, x))
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: (type(self) is SharedLinear and fp16_runs.append(1))
+                        or fp16_forward(self, x))
+    models = {}
+    for memo_bytes in (0, 1 << 30):
+        runs.clear()
+        fp16_runs.clear()
+        models[memo_bytes] = build_linear_model(model, samples, ["attn", "head"], list(TRANSFORMER_BAG), quantizer,
+                                                model, probes=2, progress=False, memo_bytes=memo_bytes)
+        models[memo_bytes, "runs"], models[memo_bytes, "fp16"] = len(runs), len(fp16_runs)
+    assert np.array_equal(models[0].sketches, models[1 << 30].sketches)
+    assert np.array_equal(models[0].diag, models[1 << 30].diag) and np.all(models[0].diag[0, 1:] > 0)
+    # per sample, without sharing: fp8-absmax's 4 projections, then the fp16math options' 4+3+3+3+2+2+1, and the
+    # head once per option (each quantizes it as fp8-absmax). With it: fp8-absmax's 4 (its inputs are quantized by
+    # the unit's tap, anew in each run), q, k and v once, the out projection in each of the 4 options where it is FP8
+    # (its input, the attention output, is new in each run), and the head once.
+    assert models[0, "runs"] == 3 * (4 + 18 + 8) and models[1 << 30, "runs"] == 3 * (4 + 3 + 4 + 1)
+    # projections kept in FP16: k in 3 options, v in 4, o in 3; shared, k and v run once (o's input is new each time)
+    assert models[0, "fp16"] == 3 * (3 + 4 + 3) and models[1 << 30, "fp16"] == 3 * (1 + 1 + 3)

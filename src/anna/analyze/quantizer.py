@@ -13,8 +13,9 @@ from torch import nn
 
 from anna.errors import AnnaError
 from anna.options.handle import QuantHandle
+from anna.options.memo import OutputMemo
 from anna.options.registry import FP16
-from anna.options.wrappers import cache_weights
+from anna.options.wrappers import cache_weights, share_outputs
 from anna.stats import ActStats
 
 
@@ -39,9 +40,11 @@ class UnitQuantizer:
             yield
 
     @contextmanager
-    def unit_quantized(self, name: str, option: str) -> Iterator[nn.Module]:
-        """One unit quantized with ``option`` for the context, yielded to run alone on the unit's own inputs."""
+    def unit_quantized(self, name: str, option: str, memo: OutputMemo | None = None) -> Iterator[nn.Module]:
+        """One unit quantized with ``option`` for the context, yielded to run alone on the unit's own inputs. With
+        ``memo``, its wrappers share outputs with the unit's other trials that use the same memo."""
         if name not in self.stats:
             raise AnnaError(f"no calibration statistics for unit '{name}'")
         with QuantHandle(self.component, units=self.units) as handle:
-            yield cache_weights(handle.quantize_unit(name, option, self.stats[name]))
+            module = cache_weights(handle.quantize_unit(name, option, self.stats[name]))
+            yield module if memo is None else share_outputs(module, memo)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from anna.attention import set_tap
 from anna.errors import AnnaError
+from anna.options.memo import OutputMemo, SharedLinear, tensors_digest
 from anna.options.quant import fp8_linear, scaled_mm_available
 from anna.options.schemes import Scheme, TensorSpec
 from anna.units import ACTIVATIONS, quantized_weights
@@ -38,6 +39,19 @@ def cache_weights(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, QuantModule):
             m.cache_weight = True
+    return module
+
+
+def share_outputs(module: nn.Module, memo: OutputMemo) -> nn.Module:
+    """Let every ``QuantLinear`` in ``module`` take its output from ``memo`` when a wrapper with the same stored
+    tensors already ran on an equal input, and record its outputs there (see ``anna.options.memo``); a plain
+    ``Linear`` inside it (a projection kept in FP16) is replaced by a ``SharedLinear``. For a trial's unit only (a
+    copy that is thrown away). Returns ``module``."""
+    for name, m in list(module.named_modules()):
+        if isinstance(m, QuantLinear):
+            m.memo = memo
+        elif type(m) is nn.Linear and name and not (m._forward_hooks or m._forward_pre_hooks):
+            _replace(module, name, SharedLinear.of(m, memo))
     return module
 
 
@@ -130,8 +144,23 @@ class QuantLinear(QuantModule):
             spec["bias"] = (torch.float16, (linear.out_features,))
         self._load(state, spec, where)
         self.has_bias = linear.bias is not None
+        self.memo: OutputMemo | None = None  # see `share_outputs`
+        self._digest: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.memo is None:
+            return self._forward(x)
+        if self._digest is None:
+            self._digest = tensors_digest(((k, b) for k, b in self._buffers.items() if b is not None),
+                                          self.scheme.name, self.quantize_input)
+        key = f"{self._digest}:{self.fp8_matmul}"
+        out = self.memo.get(key, x)
+        if out is None:
+            out = self._forward(x)
+            self.memo.put(key, x, out)
+        return out
+
+    def _forward(self, x: Tensor) -> Tensor:
         bias = self._buffers["bias"] if self.has_bias else None
         if self.fp8_matmul:
             return fp8_linear(x, self._buffers["weight"], self._buffers["input_scale"],
