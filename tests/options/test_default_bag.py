@@ -1,14 +1,61 @@
-"""The bag without --bag: the per-projection options join on transformer components, not on a UNet."""
+"""The bag without --bag: per-projection options on components with attention units (UNET_BAG with convolutions,
+TRANSFORMER_BAG without), the seed's bag plus FP16 math elsewhere."""
+
+from itertools import combinations
 
 from anna.inventory import build_inventory
-from anna.options.registry import DEFAULT_BAG, TRANSFORMER_BAG, default_bag, get_option, parse_bag
+from anna.options.registry import (
+    DEFAULT_BAG,
+    TRANSFORMER_BAG,
+    UNET_BAG,
+    default_bag,
+    get_option,
+    option_bytes,
+    parse_bag,
+    same_trials,
+)
 
 
-def test_transformers_get_the_per_projection_bag_and_unets_the_default(tiny):
-    kinds = {c: [u.kind for u in build_inventory(tiny, c).units] for c in ("unet", "text_encoder", "text_encoder_2")}
-    assert default_bag(kinds["unet"]) == DEFAULT_BAG
+def test_each_component_kind_gets_its_bag(tiny):
+    kinds = {c: [u.kind for u in build_inventory(tiny, c).units]
+             for c in ("unet", "vae_decoder", "text_encoder", "text_encoder_2")}
+    assert default_bag(kinds["unet"]) == default_bag(kinds["vae_decoder"]) == UNET_BAG
     assert default_bag(kinds["text_encoder"]) == default_bag(kinds["text_encoder_2"]) == TRANSFORMER_BAG
-    assert default_bag(["linear"]) == DEFAULT_BAG  # no attention unit: nothing to keep per projection
+    assert default_bag(["linear"]) == default_bag(["conv", "linear"]) == DEFAULT_BAG  # nothing to keep per projection
     assert parse_bag(None, TRANSFORMER_BAG) == list(TRANSFORMER_BAG) and parse_bag("fp8-absmax") == ["fp16",
                                                                                                    "fp8-absmax"]
     assert all(get_option(o) for o in TRANSFORMER_BAG) and len(set(TRANSFORMER_BAG)) == len(TRANSFORMER_BAG) == 9
+
+
+def test_unet_bag_has_every_projection_subset_and_no_clipping():
+    subsets = {"".join(c) for n in (1, 2, 3) for c in combinations("qkvo", n)}
+    assert len(UNET_BAG) == len(set(UNET_BAG)) == 3 + 14
+    assert set(UNET_BAG) == {"fp16", "fp8-absmax", "fp8-absmax-fp16math"} | {
+        f"fp8-absmax-fp16math-fp16{s}" for s in subsets}
+    assert all(get_option(o) for o in UNET_BAG)
+
+
+def test_unet_bag_trials_and_bytes_on_tiny_sdxl(tiny):
+    """Outside attention units every per-projection option is fp8-absmax (its trial is copied, its bytes equal), so
+    analysis runs 1 trial per conv/linear unit and 16 per attention unit; inside, each kept projection costs its
+    FP8 saving back."""
+    unet = tiny.component("unet")
+    inv = build_inventory(tiny, "unet")
+    kinds = [u.kind for u in inv.units]
+    options = list(UNET_BAG)
+    copied = same_trials(kinds, options)
+    run = sum(1 for i, k in enumerate(kinds) for j in range(1, len(options)) if (i, j) not in copied)
+    n_att = kinds.count("attention")
+    assert run == (len(kinds) - n_att) + 16 * n_att
+    unit = next(u for u in inv.units if u.kind == "attention")
+    module = unet.get_submodule(unit.name)
+    full = option_bytes(module, "attention", "fp8-absmax-fp16math")
+    for name in options[3:]:
+        kept = name.rpartition("-fp16")[2]
+        paths = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0"}
+        back = sum(module.get_submodule(paths[r]).weight.numel() - 4 * module.get_submodule(paths[r]).weight.shape[0]
+                   - 4 for r in kept)
+        assert option_bytes(module, "attention", name) == full + back
+    conv = next(u for u in inv.units if u.kind == "conv")
+    cm = unet.get_submodule(conv.name)
+    assert {option_bytes(cm, "conv", o) for o in options[1:]} == {option_bytes(cm, "conv", "fp8-absmax")}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from anna.adapters.base import Model
-from anna.analyze.batching import merge_samples
+from anna.analyze.batching import batch_size, merge_samples
 from anna.analyze.error_model import ErrorModel, build_error_model, measured_mse, reference_outputs
 from anna.analyze.fidelity import near_front_plans
 from anna.analyze.linearized import DEFAULT_PROBES, build_linear_model
@@ -47,6 +47,25 @@ def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]
         )
 
     return build
+
+
+# The linear model's probes on a component with attention and convolution units (a UNet, a VAE decoder), unless
+# given: enough for UNET_PROJECTIONS_PER_UNIT probes x calibration rows per unit, from DEFAULT_PROBES to
+# UNET_MAX_PROBES. Measured with bench/peers.py (UNET_BAG; held-out MSE over auto_quantize's at S..S+0.10): on
+# tiny-t2i's UNet (161 units, 200 rows) 4 probes gave a worst ratio of 1.107 (its top-budget plan predicted 18% under
+# its measured MSE: the search chose on sketch noise), 16 probes 1.010 (analysis 8 -> 15 s); on tiny-t2i's VAE
+# decoder (28 units, 100 rows) 4 and 16 probes gave the same plans (0.990), 16 at 4x the analysis time; tiny-sdxl's
+# UNet (161 units, 1600 rows) keeps 4. SDXL (374 units, 16 rows) gets 16, below linearized's own floor (32).
+UNET_PROJECTIONS_PER_UNIT = 20
+UNET_MAX_PROBES = 16
+
+
+def default_probes(kinds: Sequence[str], rows: int) -> int:
+    """The linear model's probes for a component whose units have these kinds, on `rows` calibration batch rows."""
+    if not {"attention", "conv"} <= set(kinds):
+        return DEFAULT_PROBES
+    need = -(-UNET_PROJECTIONS_PER_UNIT * len(kinds) // max(rows, 1))
+    return min(UNET_MAX_PROBES, max(DEFAULT_PROBES, need))
 
 
 @dataclass
@@ -130,13 +149,14 @@ def analyze(
     progress: bool = True,
     echo: Callable[[str], Any] | None = print,
     error_model: str = "linear",
-    probes: int = DEFAULT_PROBES,
+    probes: int | None = None,
 ) -> Path:
     """Build, validate and save the error model of `run_dir`; returns the analysis folder. `error_model` is
-    "linear" (`probes` backward passes per sample and one local run per unit-option: see anna.analyze.linearized)
-    or "exact" (one component run per unit, option and sample; resumable unit by unit). Validation measures
-    `validate` plans near the front whose sizes span `size_range` above the smallest feasible ratio; with two or
-    more cached samples, the last one is held out of the model and the fidelity on it is reported too."""
+    "linear" (`probes` backward passes per sample and one local run per unit-option: see anna.analyze.linearized;
+    None: `default_probes`) or "exact" (one component run per unit, option and sample; resumable unit by unit).
+    Validation measures `validate` plans near the front whose sizes span `size_range` above the smallest feasible
+    ratio; with two or more cached samples, the last one is held out of the model and the fidelity on it is
+    reported too."""
     if error_model not in ERROR_MODELS:
         raise AnnaError(f"unknown error model '{error_model}': choose one of {', '.join(ERROR_MODELS)}")
     start = time.time()
@@ -144,7 +164,11 @@ def analyze(
     folder = RunFolder(run_dir)
     out = folder.analysis
     trial = open_trial(run_dir, model)
-    options = parse_bag(",".join(bag) if bag else None, default_bag(trial.inventory.unit(u).kind for u in trial.units))
+    kinds = [trial.inventory.unit(u).kind for u in trial.units]
+    options = parse_bag(",".join(bag) if bag else None, default_bag(kinds))
+    fit_samples = trial.samples[: len(trial.samples) - _holdout(trial, validate)]
+    if probes is None:
+        probes = default_probes(kinds, sum(batch_size(s) or 1 for s in fit_samples))
     config = {
         "calibration": folder.calibration_digest(),  # a recalibration makes the analysis stale
         "model": trial.model.name,
@@ -192,7 +216,7 @@ def analyze(
         component=trial.model.component(trial.component),
         fisher_samples=min(fisher_samples, len(trial.samples) - _holdout(trial, validate)),
         grad_run=trial.run_with_grad,
-        same_as=same_trials([trial.inventory.unit(u).kind for u in trial.units], options),
+        same_as=same_trials(kinds, options),
     )
     analysis = Analysis(trial.model.name, trial.component, em, sizes, base, trial.inventory.total_bytes_fp16)
     write_tensors(folder.error_model_tensors, em.to_tensors())

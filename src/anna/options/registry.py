@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from anna.errors import AnnaError
@@ -34,6 +35,10 @@ DEFAULT_BAG = (*SEED_BAG, "fp8-absmax-fp16math")
 # projections FP16 buys small budget steps; the clipped variants only lose there (outlier channels), so they are out.
 TRANSFORMER_BAG = ("fp16", "fp8-absmax", "fp8-absmax-fp16math", *(f"fp8-absmax-fp16math-fp16{r}" for r in
                                                                   ("k", "v", "o", "kv", "vo", "kvo")))
+# The default of a component with attention units and convolutions (a UNet, a VAE decoder): fp16, fp8-absmax, FP16
+# attention math, and every proper subset of q/k/v/out kept in FP16. MEASUREMENT_PLACEHOLDER
+UNET_BAG = ("fp16", "fp8-absmax", "fp8-absmax-fp16math",
+            *(f"fp8-absmax-fp16math-fp16{''.join(c)}" for n in (1, 2, 3) for c in combinations("qkvo", n)))
 _BUILTIN_MODULES = ("anna.options.fp8", "anna.options.qdq", "anna.options.attention_fp16math")
 
 
@@ -139,10 +144,12 @@ def same_trials(kinds: list[str], options: list[str]) -> dict[tuple[int, int], i
 
 
 def default_bag(kinds: Iterable[str]) -> tuple[str, ...]:
-    """The bag used without `--bag` for a component whose units have these kinds: TRANSFORMER_BAG when it has
-    attention units and no convolution, else DEFAULT_BAG."""
+    """The bag used without `--bag` for a component whose units have these kinds: with attention units,
+    UNET_BAG when it has convolutions and TRANSFORMER_BAG when not; without, DEFAULT_BAG."""
     kinds = set(kinds)
-    return TRANSFORMER_BAG if "attention" in kinds and "conv" not in kinds else DEFAULT_BAG
+    if "attention" not in kinds:
+        return DEFAULT_BAG
+    return UNET_BAG if "conv" in kinds else TRANSFORMER_BAG
 
 
 def parse_bag(spec: str | None, default: Sequence[str] = DEFAULT_BAG) -> list[str]:
