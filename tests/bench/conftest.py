@@ -19,3 +19,5 @@ def _load(name: str) -> None:
 
 
 _load("peers_models")
+_load("peers")
+_load("peers_numerics")
