@@ -51,11 +51,12 @@ def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]
 
 # The linear model's probes on a component with attention and convolution units (a UNet, a VAE decoder), unless
 # given: enough for UNET_PROJECTIONS_PER_UNIT probes x calibration rows per unit, from DEFAULT_PROBES to
-# UNET_MAX_PROBES. Measured with bench/peers.py (UNET_BAG; held-out MSE over auto_quantize's at S..S+0.10): on
-# tiny-t2i's UNet (161 units, 200 rows) 4 probes gave a worst ratio of 1.107 (its top-budget plan predicted 18% under
+# UNET_MAX_PROBES. Measured with bench/peers.py (per-projection bags; held-out MSE over auto_quantize's, worst over
+# S..S+0.10): on tiny-t2i's UNet (161 units, 200 rows) 4 probes gave 1.107 (its top-budget plan predicted 18% under
 # its measured MSE: the search chose on sketch noise), 16 probes 1.010 (analysis 8 -> 15 s); on tiny-t2i's VAE
-# decoder (28 units, 100 rows) 4 and 16 probes gave the same plans (0.990), 16 at 4x the analysis time; tiny-sdxl's
-# UNet (161 units, 1600 rows) keeps 4. SDXL (374 units, 16 rows) gets 16, below linearized's own floor (32).
+# decoder (28 units, 100 rows) 6 (linearized's floor) and 16 probes gave the same plans (0.990), 16 at 4x the
+# analysis time; tiny-sdxl's UNet (161 units, 1600 rows) keeps 4 (1.018). SDXL (374 units, 16 rows) gets 16, under
+# linearized's own floor there (32).
 UNET_PROJECTIONS_PER_UNIT = 20
 UNET_MAX_PROBES = 16
 
