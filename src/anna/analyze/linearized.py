@@ -98,21 +98,30 @@ def dominated(own: np.ndarray, sizes: np.ndarray, margin: float = 1.0) -> np.nda
     return out
 
 
-def _probe_gradients(y: Tensor, tensors: list[Tensor], probes: int, gen: torch.Generator) -> list[Tensor]:
-    """For each tensor t (in y's graph), the gradients of <r_k, y> for `probes` Gaussian r_k: (probes, *t.shape)."""
+def _probe_gradients(y: Tensor, tensors: list[Tensor], probes: int, gen: torch.Generator) -> list[list[Tensor]]:
+    """For each tensor t (in y's graph), the gradients of <r_k, y> for `probes` Gaussian r_k: a list of `probes`
+    tensors shaped like t. One backward per probe: on MiniLM faster than one batched (vmapped) backward, and a
+    conv's backward has an op without a batching rule."""
     r = torch.randn((probes, *y.shape), generator=gen).to(y.device, y.dtype)
     need = [t for t in tensors if t.requires_grad]
-    # One backward per probe: on MiniLM 6% faster than one batched (vmapped) backward, and a conv's backward has an
-    # op without a batching rule.
     per = [torch.autograd.grad(y, need, grad_outputs=r[k], retain_graph=k + 1 < probes, allow_unused=True)
            for k in range(probes)]
-    got = tuple(None if per[0][c] is None else torch.stack([p[c] for p in per]) for c in range(len(need)))
-    it = iter(got)
+    it = iter(range(len(need)))
     out = []
     for t in tensors:
-        g = next(it) if t.requires_grad else None
-        out.append(torch.zeros((probes, *t.shape)) if g is None else g.detach().float())
+        c = next(it) if t.requires_grad else None
+        if c is None or per[0][c] is None:  # not in the graph: no effect on the output
+            out.append([torch.zeros(t.shape, device=t.device)] * probes)
+        else:
+            out.append([p[c].detach().float() for p in per])
     return out
+
+
+def _mean_square(gs: list[Tensor]) -> Tensor:
+    acc = gs[0].square()
+    for g in gs[1:]:
+        acc.addcmul_(g, g)
+    return acc.div_(len(gs))
 
 
 def _per_row(t: Tensor, rows: int) -> Tensor:
@@ -123,17 +132,18 @@ def _per_row(t: Tensor, rows: int) -> Tensor:
 @dataclass
 class _Recorded:
     """One cached sample after its forward and probe backwards: per unit, its calls' inputs, detached outputs, and
-    output gradients as (probes, rows, elements) with their mean square over probes."""
+    output gradients (per call, one (rows, elements) tensor per probe) with their mean square over probes."""
 
     rows: int
     probes: int
     inputs: dict[str, list[tuple[tuple, dict]]]
     refs: dict[str, list[Tensor]]
-    grads: dict[str, list[Tensor]]
+    grads: dict[str, list[list[Tensor]]]
     grads_sq: dict[str, list[Tensor]]
 
     def nbytes(self) -> int:
-        tensors = [t for d in (self.refs, self.grads, self.grads_sq) for ts in d.values() for t in ts]
+        tensors = [t for d in (self.refs, self.grads_sq) for ts in d.values() for t in ts]
+        tensors += [g for calls in self.grads.values() for gs in calls for g in gs]
         tensors += [t for calls in self.inputs.values() for a, k in calls for t in (*a, *k.values())
                     if isinstance(t, Tensor)]  # counts inputs shared by several units once each: an upper bound
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -153,8 +163,8 @@ def _record(grad_run: Runner, sample: Any, units: Sequence[str], component: nn.M
     for u in units:
         rec.inputs[u] = seen[u].inputs
         rec.refs[u] = [t.detach().float() for t in seen[u].outputs]
-        rec.grads[u] = [next(grads).reshape(probes, rows, -1) for _ in seen[u].outputs]
-        rec.grads_sq[u] = [g.pow(2).mean(0) for g in rec.grads[u]]
+        rec.grads[u] = [[g.reshape(rows, -1) for g in next(grads)] for _ in seen[u].outputs]
+        rec.grads_sq[u] = [_mean_square(gs) for gs in rec.grads[u]]
     return rec, y.numel()
 
 
@@ -164,12 +174,12 @@ def _project(module: nn.Module, unit: str, rec: _Recorded, on_pass: Callable[[st
     squared deltas)."""
     s = torch.zeros(rec.probes, rec.rows, dtype=torch.float64)
     f_sum, sq = 0.0, 0.0
-    for (args, kwargs), ref, g, g2 in zip(rec.inputs[unit], rec.refs[unit], rec.grads[unit], rec.grads_sq[unit],
-                                          strict=True):
+    for (args, kwargs), ref, gs, g2 in zip(rec.inputs[unit], rec.refs[unit], rec.grads[unit], rec.grads_sq[unit],
+                                           strict=True):
         d = _per_row(_first_tensor(module(*args, **kwargs)).float() - ref, rec.rows)
         if on_pass:
             on_pass("local")
-        s += torch.einsum("kre,re->kr", g, d).double()
+        s += torch.stack([torch.einsum("re,re->r", g, d) for g in gs]).double()
         f_sum += float((g2 * d.pow(2)).sum())
         sq += float(d.pow(2).sum())
     return s.reshape(-1).numpy() / np.sqrt(rec.probes), f_sum, sq
