@@ -190,16 +190,19 @@ def sdxl_cost(tiny: dict, samples: int = 1, rows: int = 16) -> dict:
     the UNet parameter ratio (a pass costs about its parameters' FLOPs) and by the rows per pass."""
     from anna.adapters import load_model
     from anna.analyze.linearized import count_passes
+    from anna.analyze.stage import default_probes
     from anna.inventory import build_inventory
-    from anna.options.registry import DEFAULT_BAG
+    from anna.options.registry import default_bag
 
     big = build_inventory(load_model("sdxl"))
+    kinds = [u.kind for u in big.units]
+    bag = default_bag(kinds)
     small = build_inventory(load_model("tiny-sdxl"))
     scale = sum(u.params for u in big.units) / sum(u.params for u in small.units)
-    passes = count_passes(len(big.units), len(DEFAULT_BAG), samples, rows, tiny["probes"])
+    passes = count_passes(len(big.units), len(bag), samples, rows, default_probes(kinds, samples * rows))
     scale *= rows / tiny["rows_per_sample"]
     seconds = {k: passes[k] * tiny["seconds_per_pass"][k] * scale for k in passes}
-    return {"units": len(big.units), "options": len(DEFAULT_BAG), "samples": samples, "rows": rows, "passes": passes,
+    return {"units": len(big.units), "options": len(bag), "samples": samples, "rows": rows, "passes": passes,
             "linear_over_exact_passes": passes["linear"] / passes["exact"], "param_scale_vs_tiny": scale,
             "predicted_seconds_cpu": seconds}
 

@@ -207,7 +207,8 @@ def calibrate_cmd(model_spec, prompts, run_dir, component, steps, guidance, heig
 @click.option("--error-model", type=click.Choice(["linear", "exact"]), default="linear", show_default=True,
               help="linear: a few backward passes per sample and one local run per unit-option; exact: one component "
               "run per unit, option and sample.")
-@click.option("--probes", type=POSITIVE, default=4, show_default=True, help="Random output projections (linear model).")
+@click.option("--probes", type=POSITIVE, default=None,
+              help="Random output projections (linear model; default 4, more on UNets: see README).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_cmd(run_dir, bag, sketch_k, fisher_samples, validate, error_model, probes, quiet):
     """Build the error model: each unit x option's output delta on the cached inputs, the quadratic form with its

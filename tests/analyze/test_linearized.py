@@ -110,13 +110,15 @@ def test_dominated_options():
 
 
 def test_passes_at_sdxl_size(sdxl_model):
+    from anna.analyze.stage import default_probes
     from anna.inventory import build_inventory
-    from anna.options.registry import DEFAULT_BAG
+    from anna.options.registry import default_bag
 
-    n = len(build_inventory(sdxl_model).units)
-    assert n > 300
+    kinds = [u.kind for u in build_inventory(sdxl_model).units]
+    bag = default_bag(kinds)
+    assert len(kinds) > 300 and len(bag) == 9  # the UNet bag
     for samples, rows in ((1, 16), (8, 2)):  # 8 cached CFG pairs, merged into one batch or not
-        p = count_passes(n, len(DEFAULT_BAG), samples, rows)
+        p = count_passes(len(kinds), len(bag), samples, rows, default_probes(kinds, samples * rows))
         assert p["linear"] * 20 <= p["exact"]
 
 
