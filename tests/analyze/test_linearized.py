@@ -116,7 +116,7 @@ def test_passes_at_sdxl_size(sdxl_model):
 
     kinds = [u.kind for u in build_inventory(sdxl_model).units]
     bag = default_bag(kinds)
-    assert len(kinds) > 300 and len(bag) == 9  # the UNet bag
+    assert len(kinds) > 300 and len(bag) == 12  # the UNet bag
     for samples, rows in ((1, 16), (8, 2)):  # 8 cached CFG pairs, merged into one batch or not
         p = count_passes(len(kinds), len(bag), samples, rows, default_probes(kinds, samples * rows))
         assert p["linear"] * 20 <= p["exact"]

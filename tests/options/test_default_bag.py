@@ -25,18 +25,18 @@ def test_each_component_kind_gets_its_bag(tiny):
     assert all(get_option(o) for o in TRANSFORMER_BAG) and len(set(TRANSFORMER_BAG)) == len(TRANSFORMER_BAG) == 9
 
 
-def test_unet_bag_has_the_picked_projection_subsets_and_no_clipping():
-    assert len(UNET_BAG) == len(set(UNET_BAG)) == 3 + 6
-    assert set(UNET_BAG) == {"fp16", "fp8-absmax", "fp8-absmax-fp16math"} | {
+def test_unet_bag_is_the_default_bag_and_the_picked_projection_subsets():
+    assert len(UNET_BAG) == len(set(UNET_BAG)) == len(DEFAULT_BAG) + 6
+    assert set(UNET_BAG) == set(DEFAULT_BAG) | {
         f"fp8-absmax-fp16math-fp16{s}" for s in ("v", "o", "qo", "ko", "vo", "qvo")}
     assert all(get_option(o) for o in UNET_BAG)
-    assert not any(c in o for o in UNET_BAG for c in ("conservative", "moderate", "aggressive"))
+    assert {"fp8-conservative", "fp8-moderate", "fp8-aggressive"} <= set(UNET_BAG)  # DESIGN's four FP8 options
 
 
 def test_unet_bag_trials_and_bytes_on_tiny_sdxl(tiny):
-    """Outside attention units every per-projection option is fp8-absmax (its trial is copied, its bytes equal), so
-    analysis runs 1 trial per conv/linear unit and 8 per attention unit; inside, each kept projection costs its
-    FP8 saving back."""
+    """Outside attention units every FP16-math option is its base FP8 option (its trial is copied, its bytes equal),
+    so analysis runs the four FP8 options' trials per conv/linear unit and 11 per attention unit; inside, each kept
+    projection costs its FP8 saving back."""
     unet = tiny.component("unet")
     inv = build_inventory(tiny, "unet")
     kinds = [u.kind for u in inv.units]
@@ -44,11 +44,11 @@ def test_unet_bag_trials_and_bytes_on_tiny_sdxl(tiny):
     copied = same_trials(kinds, options)
     run = sum(1 for i, k in enumerate(kinds) for j in range(1, len(options)) if (i, j) not in copied)
     n_att = kinds.count("attention")
-    assert run == (len(kinds) - n_att) + 8 * n_att == 127 + 8 * 34
+    assert run == 4 * (len(kinds) - n_att) + 11 * n_att == 4 * 127 + 11 * 34
     unit = next(u for u in inv.units if u.kind == "attention")
     module = unet.get_submodule(unit.name)
     full = option_bytes(module, "attention", "fp8-absmax-fp16math")
-    for name in options[3:]:
+    for name in options[len(DEFAULT_BAG):]:
         kept = name.rpartition("-fp16")[2]
         paths = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0"}
         back = sum(module.get_submodule(paths[r]).weight.numel() - 4 * module.get_submodule(paths[r]).weight.shape[0]

@@ -34,19 +34,16 @@ DEFAULT_BAG = (*SEED_BAG, "fp8-absmax-fp16math")
 # projections FP16 buys small budget steps; the clipped variants only lose there (outlier channels), so they are out.
 TRANSFORMER_BAG = ("fp16", "fp8-absmax", "fp8-absmax-fp16math", *(f"fp8-absmax-fp16math-fp16{r}" for r in
                                                                   ("k", "v", "o", "kv", "vo", "kvo")))
-# The default of a component with attention units and convolutions (a UNet, a VAE decoder). Measured with
-# bench/peers.py (linear model; held-out MSE of anna's plan over ModelOpt auto_quantize's at equal bytes, worst over
-# S..S+0.10; tiny-sdxl: COCO rows 1-200 / 4001-4500, tiny-t2i: its captions 1-100 / 101-200): DEFAULT_BAG 1.053 on
-# tiny-sdxl's UNet, 1.134 on tiny-t2i's, 1.039 on tiny-t2i's VAE decoder, the peer winning at the top budgets by
-# keeping single projections (o, qo, vo, qvo) in FP16. With fp16, fp8-absmax, FP16 math and all 14 projection subsets:
-# 1.018, 1.010, 0.990 (probes: anna.analyze.stage.default_probes). Those searches (on calibration inputs) picked only
-# the subsets below, and the solver's time grows with the options (tiny-t2i's UNet: solve 2 s with DEFAULT_BAG, 21 s
-# with 17 options), so only these six stay: the same plans and ratios, with anna's time over the peer's 1.95 -> 1.30
-# (tiny-sdxl) and 1.67 -> 0.91 (tiny-t2i UNet). The clipped variants are out: DEFAULT_BAG's plans used them on at
-# most 3 of 161 units, and without them the all-FP8 plans tie (0.990-1.010: within the +-2% that FP8 tie-rounding
-# alone moves a measured MSE, see bench/peers_numerics.py).
-UNET_BAG = ("fp16", "fp8-absmax", "fp8-absmax-fp16math", *(f"fp8-absmax-fp16math-fp16{r}" for r in
-                                                           ("v", "o", "qo", "ko", "vo", "qvo")))
+# The default of a component with attention units and convolutions (a UNet, a VAE decoder): DEFAULT_BAG (DESIGN's
+# four FP8 options: convolutions may prefer clipping, and the solver decides per unit) plus six projection subsets.
+# Measured with bench/peers.py (linear model; held-out MSE of anna's plan over ModelOpt auto_quantize's at equal bytes,
+# worst over S..S+0.10; tiny-sdxl: COCO rows 1-200 / 4001-4500, tiny-t2i: its captions 1-100 / 101-200): DEFAULT_BAG
+# 1.053 on tiny-sdxl's UNet, 1.134 on tiny-t2i's, 1.039 on tiny-t2i's VAE decoder, the peer winning at the top
+# budgets by keeping single projections (o, qo, vo, qvo) in FP16. With fp16, fp8-absmax, FP16 math and all 14
+# projection subsets: 1.018, 1.010, 0.990 (probes: anna.analyze.stage.default_probes). Those searches (on calibration
+# inputs) picked only the six subsets below; the solver's time grows with the options (tiny-t2i's UNet: solve 2 s
+# with DEFAULT_BAG, 21 s with 17 options), so the other eight join only with --bag.
+UNET_BAG = (*DEFAULT_BAG, *(f"fp8-absmax-fp16math-fp16{r}" for r in ("v", "o", "qo", "ko", "vo", "qvo")))
 _BUILTIN_MODULES = ("anna.options.fp8", "anna.options.qdq", "anna.options.attention_fp16math")
 
 
