@@ -118,6 +118,7 @@ def _probe_gradients(y: Tensor, tensors: list[Tensor], probes: int, gen: torch.G
 
 
 def _mean_square(gs: list[Tensor]) -> Tensor:
+    """The mean over probes of the squared gradients, accumulated in place."""
     acc = gs[0].square()
     for g in gs[1:]:
         acc.addcmul_(g, g)

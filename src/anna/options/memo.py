@@ -34,7 +34,6 @@ class OutputMemo:
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
         self.held = 0
-        self.hits = 0
         self._store: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}  # (digest, id of x) -> (x, output)
         self._by_value: dict[tuple, tuple[Tensor, Tensor]] = {}  # (digest, shape, dtype, sum of x) -> (x, output)
 
@@ -48,7 +47,6 @@ class OutputMemo:
             got = self._by_value.get(self._value_key(digest, x))
             if got is None or not torch.equal(got[0], x):
                 return None
-        self.hits += 1
         return got[1]
 
     def put(self, digest: str, x: Tensor, out: Tensor) -> None:
