@@ -1,7 +1,23 @@
-"""Small networks whose units are `units.0`, `units.1`, ...: the error models' test cases."""
+"""Small networks whose units are `units.0`, `units.1`, ...: the error models' test cases; and a calibrated
+quantizer for any small network."""
 
 import torch
 from torch import nn
+
+from anna.analyze.quantizer import UnitQuantizer
+from anna.calibrate.hooks import observe
+from anna.calibrate.observers import UnitObservers
+from anna.units import unit_modules
+
+
+def calibrated_quantizer(model: nn.Module, samples: list) -> UnitQuantizer:
+    """A UnitQuantizer for `model` whose statistics come from running it on `samples`."""
+    units = unit_modules(model)
+    obs = UnitObservers([(n, k) for n, k, _ in units])
+    with torch.no_grad(), observe(units, obs):
+        for x in samples:
+            model(x)
+    return UnitQuantizer(model, obs.compute())
 
 
 class Branches(nn.Module):

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from nets import Branches, Chain
+from nets import Branches, Chain, calibrated_quantizer
 from torch import nn
 
 from anna.analyze.error_model import build_error_model, measured_mse, reference_outputs
@@ -189,13 +189,9 @@ def test_attention_options_share_projection_outputs_and_change_nothing(monkeypat
     attention rebuilds its projections' input (group norm, reshape) in each run: equal values match too."""
     from diffusers.models.attention_processor import Attention
 
-    from anna.analyze.quantizer import UnitQuantizer
-    from anna.calibrate.hooks import observe
-    from anna.calibrate.observers import UnitObservers
     from anna.options.memo import SharedLinear
     from anna.options.registry import TRANSFORMER_BAG
     from anna.options.wrappers import QuantLinear
-    from anna.units import unit_modules
 
     class Toy(nn.Module):
         def __init__(self) -> None:
@@ -210,12 +206,7 @@ def test_attention_options_share_projection_outputs_and_change_nothing(monkeypat
     torch.manual_seed(0)
     model = Toy().eval()
     samples = [torch.randn(*((4, 32, 2, 5) if spatial else (4, 10, 32))) for _ in range(3)]
-    found = unit_modules(model)
-    obs = UnitObservers([(n, k) for n, k, _ in found])
-    with torch.no_grad(), observe(found, obs):
-        for s in samples:
-            model(s)
-    quantizer = UnitQuantizer(model, obs.compute())
+    quantizer = calibrated_quantizer(model, samples)
     runs, fp16_runs = [], []
     forward, fp16_forward = QuantLinear._forward, nn.Linear.forward
     monkeypatch.setattr(QuantLinear, "_forward", lambda self, x: runs.append(1) or forward(self, x))

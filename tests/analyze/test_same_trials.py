@@ -6,12 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers.models.attention_processor import Attention
+from nets import calibrated_quantizer
 from torch import nn
 
 from anna.analyze.error_model import build_error_model
-from anna.analyze.quantizer import UnitQuantizer
-from anna.calibrate.hooks import observe
-from anna.calibrate.observers import UnitObservers
 from anna.options.registry import same_trials
 from anna.units import unit_modules
 
@@ -43,11 +41,7 @@ def test_copied_trials_equal_run_trials() -> None:
     net = Net().eval()
     samples = [torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(s)) for s in range(2)]
     units = unit_modules(net)
-    obs = UnitObservers([(n, k) for n, k, _ in units])
-    with torch.no_grad(), observe(units, obs):
-        for x in samples:
-            net(x)
-    quantizer = UnitQuantizer(net, obs.compute())
+    quantizer = calibrated_quantizer(net, samples)
     names = [n for n, _, _ in units]
     runs = [0]
 
