@@ -239,36 +239,46 @@ def build_linear_model(
         b[i, j] = vec if finite else np.nan
         fisher[i, j] += f_sum if finite else 0.0
 
-    def run_unit(i: int, group: list[_Recorded], part: range, block: list[np.ndarray]) -> None:
+    def head_own(i: int, j: int, head: list[np.ndarray]) -> float:
+        """Option j's own term on unit i over the projections before pruning (inf where not finite)."""
+        value = float(sum((b[i, j] ** 2).sum() for b in blocks + head))
+        return value if np.isfinite(value) else np.inf
+
+    def run_unit(i: int, group: list[_Recorded], split: int | None, block: list[np.ndarray]) -> None:
+        """Every live option of unit i on the group's samples. With `split` (pruning is due in this group), an
+        option runs on the samples up to `split` (the head), and on the rest only unless an option no larger that
+        already ran beats it by `prune_margin` there: options run smallest first, each quantized once."""
         memo = OutputMemo(memo_bytes)  # the unit's options share their projections' outputs on these samples
-        for j in range(1, m):
-            if alive[i, j] and (i, j) not in same_as:
-                with quantizer.unit_quantized(units[i], options[j], memo) as module, torch.inference_mode():
-                    for q in part:
-                        store(block[q], i, j, _project(module, units[i], group[q], on_pass))
+        order = sorted(range(1, m), key=lambda j: (sizes[i, j], j)) if split is not None else range(1, m)
+        own: dict[int, float] = {}
+        for j in order:
+            if not alive[i, j] or (i, j) in same_as:
+                continue
+            with quantizer.unit_quantized(units[i], options[j], memo) as module, torch.inference_mode():
+                for q in range(len(group)):
+                    if q == split:
+                        own[j] = head_own(i, j, block[:split])
+                        if any(sizes[i, k] <= sizes[i, j] and own[j] > prune_margin * v for k, v in own.items()):
+                            break
+                    store(block[q], i, j, _project(module, units[i], group[q], on_pass))
         for (i0, j), j0 in same_as.items():
             if i0 == i and alive[i, j]:
-                for q in part:
+                for q in range(len(group)):
                     block[q][i, j] = block[q][i, j0]
+        if split is not None:  # the verdict on the head, same-size options that ran later included
+            own = np.array([head_own(i, j, block[:split]) for j in range(m)])
+            alive[i] &= ~dominated(own[None], sizes[i : i + 1], prune_margin)[0]
 
     def run_group(group: list[_Recorded]) -> None:
         nonlocal prune_cols
         block = [np.zeros((n, m, k_here * r.rows)) for r in group]
         cols = sum(b.shape[2] for b in blocks) + np.cumsum([b.shape[2] for b in block])
-        prune_here = prune_cols is not None and cols[-1] >= prune_cols
-        # Pruning is due in this group: every option runs on the samples up to the one where the projections reach
-        # PRUNE_PROJECTIONS (the head), is pruned per unit, and only the survivors run on the rest.
-        split = int(np.argmax(cols >= prune_cols)) + 1 if prune_here else len(group)
+        # Pruning is due in this group when the projections reach PRUNE_PROJECTIONS (the head) by its end.
+        split = int(np.argmax(cols >= prune_cols)) + 1 if prune_cols is not None and cols[-1] >= prune_cols else None
         for i in range(n):
-            for part in (range(split), range(split, len(group))):
-                if part:
-                    run_unit(i, group, part, block)
-                if prune_here and part.start == 0:
-                    own = sum((b[i] ** 2).sum(1) for b in blocks + block[:split])
-                    alive[i] &= ~dominated(np.where(np.isfinite(own), own, np.inf)[None], sizes[i : i + 1],
-                                           prune_margin)[0]
+            run_unit(i, group, split, block)
             bar.update(len(group))
-        if prune_here:
+        if split is not None:
             prune_cols = None
         blocks.extend(block)
 

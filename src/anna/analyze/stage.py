@@ -32,18 +32,17 @@ from anna.options.registry import default_bag, parse_bag, same_trials
 from anna.runfolder import RunFolder
 
 ERROR_MODELS = ("exact", "linear")
-# Early pruning inside the linear model: off, since on tiny-sdxl it dropped options that the exact model's plans use
-# (bench/search.py --only fidelity: Spearman 0.26 with it).
-PRUNE = False
 
 
 def _linear_builder(probes: int, sizes: np.ndarray) -> Callable[..., ErrorModel]:
-    """build_error_model's signature over the linearised model (it has no per-unit checkpoints: it is fast)."""
+    """build_error_model's signature over the linearised model (it has no per-unit checkpoints: it is fast). Options
+    dominated on a unit early on are pruned there (search would never choose them): on tiny-sdxl's UNet that leaves
+    the clippings on few units and halves the analysis, with the same plans (bench/peers.py)."""
 
     def build(run, samples, units, options, quantize, *, seed, progress, component, grad_run, same_as, **_ignored):
         return build_linear_model(
             grad_run, samples, units, options, quantize, component, probes=probes, seed=seed, progress=progress,
-            sizes=sizes if PRUNE else None, same_as=same_as,
+            sizes=sizes, same_as=same_as,
         )
 
     return build
@@ -181,7 +180,7 @@ def analyze(
         "samples": len(trial.samples) - _holdout(trial, validate),
         **({"holdout": 1} if _holdout(trial, validate) else {}),
         "seed": seed,
-        **({"error_model": error_model, "probes": probes} if error_model != "exact" else {}),
+        **({"error_model": error_model, "probes": probes, "pruning": "dominated"} if error_model != "exact" else {}),
     }
     config_id = _config_id(config)
     if _finished(out, config_id, validate):
