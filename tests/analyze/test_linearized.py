@@ -98,11 +98,9 @@ def test_linear_model_counts_its_passes_and_prunes_dominated_options(options):
 
     em = build_linear_model(model, samples, units, options, quantizer, model, probes=3, progress=False,
                             on_pass=count, sizes=sizes)
-    # coarse and awful are dominated by fine (same size, larger error) after the first sample. An option stops
-    # there when one no larger that ran before it beats it: awful always; coarse only when fine ran first.
-    runs_on = 1 if options[1] == "fine" else 2  # options that run on the other 3 samples
-    assert passes == {"forward": 4, "backward": 12, "local": 4 * 3 + 3 * 4 * runs_on}
-    assert len(made) == 4 * 3  # each unit-option quantized once
+    # coarse and awful are dominated by fine (same size, larger error) after the first sample: run there only
+    assert passes == {"forward": 4, "backward": 12, "local": 4 * 3 + 3 * 4 * 1}
+    assert len(made) == 4 * (3 + 1)  # each unit-option once, and fine again: it waited for its same-size rivals
     fine = options.index("fine")
     assert np.all(np.isfinite(em.diag[:, [0, fine]]))
     assert np.all(np.isinf(np.delete(em.diag, [0, fine], axis=1)))
@@ -160,8 +158,9 @@ def test_sample_groups_quantize_each_unit_option_once_and_change_nothing():
         made.clear()
         models[group_bytes] = build_linear_model(model, samples, units, options, quantizer, model, probes=3,
                                                  progress=False, sizes=sizes, group_bytes=group_bytes)
-        # one group: each unit-option once; one sample per group: the 3 options, then the survivor on each other
-        assert len(made) == (4 * 3 if group_bytes > 1 else 4 * 3 + 3 * 4 * 1)
+        # one group: each unit-option once, and the survivor again after its same-size rivals; one sample per
+        # group: the 3 options, then the survivor on each other sample
+        assert len(made) == (4 * 3 + 4 * 1 if group_bytes > 1 else 4 * 3 + 3 * 4 * 1)
     one, per_sample = models.values()
     assert np.array_equal(one.diag, per_sample.diag) and np.array_equal(one.sketches, per_sample.sketches)
 

@@ -245,29 +245,54 @@ def build_linear_model(
         return value if np.isfinite(value) else np.inf
 
     def run_unit(i: int, group: list[_Recorded], split: int | None, block: list[np.ndarray]) -> None:
-        """Every live option of unit i on the group's samples. With `split` (pruning is due in this group), an
-        option runs on the samples up to `split` (the head), and on the rest only unless an option no larger that
-        already ran beats it by `prune_margin` there: options run smallest first, each quantized once."""
+        """Every live option of unit i on the group's samples. With `split` (pruning is due in this group), options
+        run on the samples up to `split` (the head) first, smallest first, and on the rest only unless an option no
+        larger beats them by `prune_margin` on the head. An option whose same-size rivals have all run goes on in
+        the same quantization; one that must wait for them is quantized again if it survives."""
         memo = OutputMemo(memo_bytes)  # the unit's options share their projections' outputs on these samples
-        order = sorted(range(1, m), key=lambda j: (sizes[i, j], j)) if split is not None else range(1, m)
+        live = [j for j in range(1, m) if alive[i, j] and (i, j) not in same_as]
         own: dict[int, float] = {}
-        for j in order:
-            if not alive[i, j] or (i, j) in same_as:
-                continue
+
+        def beaten(j: int) -> bool:
+            return any(sizes[i, k] <= sizes[i, j] and own[j] > prune_margin * v for k, v in own.items())
+
+        @contextmanager
+        def trial(j: int) -> Iterator[Callable[[range], None]]:
+            """Unit i quantized with option j: yields a function that runs it on some of the group's samples."""
             with quantizer.unit_quantized(units[i], options[j], memo) as module, torch.inference_mode():
-                for q in range(len(group)):
-                    if q == split:
+                yield lambda samples: [store(block[q], i, j, _project(module, units[i], group[q], on_pass))
+                                       for q in samples]
+
+        if split is None:
+            for j in live:
+                with trial(j) as run:
+                    run(range(len(group)))
+        else:
+            head, rest = range(split), range(split, len(group))
+            for size in sorted({sizes[i, j] for j in live}):
+                same = [j for j in live if sizes[i, j] == size]
+                waiting = []
+                for j in same:
+                    with trial(j) as run:
+                        run(head)
                         own[j] = head_own(i, j, block[:split])
-                        if any(sizes[i, k] <= sizes[i, j] and own[j] > prune_margin * v for k, v in own.items()):
-                            break
-                    store(block[q], i, j, _project(module, units[i], group[q], on_pass))
+                        if beaten(j) or not rest:
+                            continue
+                        if j == same[-1]:
+                            run(rest)
+                        else:
+                            waiting.append(j)  # a same-size rival has not run yet
+                for j in waiting:
+                    if not beaten(j):
+                        with trial(j) as run:
+                            run(rest)
         for (i0, j), j0 in same_as.items():
             if i0 == i and alive[i, j]:
                 for q in range(len(group)):
                     block[q][i, j] = block[q][i, j0]
-        if split is not None:  # the verdict on the head, same-size options that ran later included
-            own = np.array([head_own(i, j, block[:split]) for j in range(m)])
-            alive[i] &= ~dominated(own[None], sizes[i : i + 1], prune_margin)[0]
+        if split is not None:  # the verdict on the head
+            own_all = np.array([head_own(i, j, block[:split]) for j in range(m)])
+            alive[i] &= ~dominated(own_all[None], sizes[i : i + 1], prune_margin)[0]
 
     def run_group(group: list[_Recorded]) -> None:
         nonlocal prune_cols
