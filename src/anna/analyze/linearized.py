@@ -260,8 +260,12 @@ def build_linear_model(
         def trial(j: int) -> Iterator[Callable[[range], None]]:
             """Unit i quantized with option j: yields a function that runs it on some of the group's samples."""
             with quantizer.unit_quantized(units[i], options[j], memo) as module, torch.inference_mode():
-                yield lambda samples: [store(block[q], i, j, _project(module, units[i], group[q], on_pass))
-                                       for q in samples]
+
+                def run(samples: range) -> None:
+                    for q in samples:
+                        store(block[q], i, j, _project(module, units[i], group[q], on_pass))
+
+                yield run
 
         if split is None:
             for j in live:
