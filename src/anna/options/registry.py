@@ -43,8 +43,8 @@ TRANSFORMER_BAG = ("fp16", "fp8-absmax", "fp8-absmax-fp16math", *(f"fp8-absmax-f
 # projection subsets: 1.018, 1.010, 0.990 (probes: anna.analyze.stage.default_probes). Those searches (on calibration
 # inputs) picked only the six subsets below; the solver's time grows with the options (tiny-t2i's UNet: solve 2 s
 # with DEFAULT_BAG, 21 s with 17 options), so the other eight join only with --bag. This bag, measured on a quiet
-# machine (peer biases rounded to FP16): worst 1.006, 1.008, 0.990 at 2.30x, 1.80x, 2.09x the peer's time; without
-# the clippings (loaded machine, FP32 peer biases) 1.018, 1.010, 0.990 at 1.44x, 1.27x, 1.61x.
+# machine (peer biases rounded to FP16): worst 1.006, 1.008, 0.990 at 1.25x, 1.25x, 1.83x the peer's time (the
+# linear model prunes the clippings early where they lose: 2.30x, 1.80x, 2.09x without that).
 UNET_BAG = (*DEFAULT_BAG, *(f"fp8-absmax-fp16math-fp16{r}" for r in ("v", "o", "qo", "ko", "vo", "qvo")))
 _BUILTIN_MODULES = ("anna.options.fp8", "anna.options.qdq", "anna.options.attention_fp16math")
 
